@@ -1,0 +1,7 @@
+"""Information Bottleneck Attribution and its chest X-ray extensions as Captum methods."""
+
+from .attr import IBA, InverseIBA
+from .stats import FeatureStats
+
+__all__ = ["IBA", "InverseIBA", "FeatureStats"]
+__version__ = "0.1.0"

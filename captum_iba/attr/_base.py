@@ -1,0 +1,386 @@
+"""The shared, batched optimisation loop of the bottleneck attributions.
+
+One loop serves IBA, Inverse IBA and Regression IBA; they differ only in the
+fraction of the signal that ``lambda`` keeps (:meth:`_signal_fraction`), the
+sign of the model loss (``_loss_sign``), their default ``beta`` and the losses
+they accept.
+
+N inputs are optimised together: ``alpha`` has shape ``(N, C, h, w)``, every
+step pushes ``N x batch_size`` noisy feature maps through the network after
+the layer, and the objective is the sum over samples of each sample's own
+objective. Adam updates every element on its own, so each sample follows the
+trajectory it would follow alone; the noise of a step is drawn once (from
+``seed``) and shared by all samples, so a sample's map does not depend on
+which other samples share its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from captum.attr import LayerAttribution
+from torch import Tensor, nn
+from tqdm.auto import trange
+
+from ..bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features, to_bits
+from ..objectives import CLASSIFICATION_LOSSES, Objective, get_objective, select_outputs
+from ..split import check_layer_in_model, frozen_model, make_split
+from ..stats import FeatureStats, estimate_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckOptions:
+    """Hyper-parameters of the bottleneck optimisation, validated on creation.
+
+    Attributes
+    ----------
+    beta : float
+        Weight of the information loss ``L_I`` (>= 0).
+    steps : int
+        Adam steps (>= 1).
+    lr : float
+        Adam learning rate (> 0).
+    batch_size : int
+        Noise draws of the same input per step (>= 1).
+    sigma : float or None
+        Std of the Gaussian smoothing of ``lambda``, in feature-map cells;
+        None or 0 disables it.
+    min_std : float
+        Lower clamp of the per-neuron std (> 0).
+    init_alpha : float
+        Initial ``alpha``; ``lambda = sigmoid(alpha)``.
+    active_neurons_threshold : float
+        A neuron is active if non-zero in more than this fraction of the
+        estimation samples, in [0, 1).
+    loss : str or callable
+        Model loss name or ``(outputs, target) -> per-sample loss``.
+    relu : bool
+        Clamp ``Z`` at 0 (for layers followed by non-negative activations).
+    """
+
+    beta: float
+    steps: int = 10
+    lr: float = 1.0
+    batch_size: int = 10
+    sigma: Optional[float] = 1.0
+    min_std: float = 0.01
+    init_alpha: float = 5.0
+    active_neurons_threshold: float = 0.01
+    loss: Union[str, Callable] = "ce"
+    relu: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        _check_number("beta", self.beta, minimum=0.0)
+        _check_number("lr", self.lr, minimum=0.0, strict=True)
+        _check_number("min_std", self.min_std, minimum=0.0, strict=True)
+        _check_number("init_alpha", self.init_alpha)
+        if self.sigma is not None:
+            _check_number("sigma", self.sigma, minimum=0.0)
+        _check_number("active_neurons_threshold", self.active_neurons_threshold, minimum=0.0)
+        if self.active_neurons_threshold >= 1:
+            raise ValueError(
+                f"active_neurons_threshold must be in [0, 1), got {self.active_neurons_threshold!r}"
+            )
+
+
+def _check_number(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+_OPTION_NAMES = {field.name for field in dataclasses.fields(BottleneckOptions)}
+
+
+def format_inputs(inputs) -> Tuple[Tensor, ...]:
+    """Inputs as a tuple of tensors sharing the batch size, finite, as Captum takes them."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
+        raise TypeError("inputs must be a tensor or a tuple of tensors")
+    n = inputs[0].shape[0] if inputs[0].dim() > 0 else None
+    for x in inputs:
+        if x.dim() == 0 or x.shape[0] != n:
+            raise ValueError(
+                "inputs must share their first (batch) dimension; got shapes "
+                f"{[tuple(t.shape) for t in inputs]}"
+            )
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("inputs contain NaN or Inf")
+    if n == 0:
+        raise ValueError("inputs hold no samples (batch size 0)")
+    return inputs
+
+
+def format_additional_args(additional_forward_args) -> Tuple:
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def format_target(target, n: int, device) -> Optional[Tensor]:
+    """Captum's target (int, list of ints, or tensor per sample) as int64 of shape (n,)."""
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise TypeError(f"target must be an int, a list of ints or a tensor, got {target!r}")
+    if isinstance(target, int):
+        return torch.full((n,), target, dtype=torch.long, device=device)
+    if isinstance(target, (list, tuple)):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+            raise TypeError(f"target list must hold ints, got {target!r}")
+        target = torch.tensor(target, dtype=torch.long)
+    if not isinstance(target, Tensor):
+        raise TypeError(
+            f"target must be an int, a list of ints or a tensor, got {type(target).__name__}"
+        )
+    if target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target must hold integer indices, got dtype {target.dtype}")
+    if target.dim() == 0:
+        target = target.expand(n)
+    if target.shape != (n,):
+        raise ValueError(f"target must have one entry per sample ({n}), got shape {tuple(target.shape)}")
+    return target.to(device=device, dtype=torch.long)
+
+
+def check_target_range(target: Optional[Tensor], outputs: Tensor) -> None:
+    if target is None:
+        return
+    n_outputs = outputs[0].numel()
+    if (target < 0).any() or (target >= n_outputs).any():
+        raise ValueError(
+            f"target indices must lie in [0, {n_outputs - 1}] for a model with {n_outputs} "
+            f"outputs, got {target.tolist()}"
+        )
+
+
+def check_stats(stats, name: str = "stats") -> Optional[FeatureStats]:
+    if stats is not None and not isinstance(stats, FeatureStats):
+        raise TypeError(f"{name} must be a FeatureStats (or None), got {type(stats).__name__}")
+    return stats
+
+
+class BottleneckAttribution(LayerAttribution):
+    """Base of the bottleneck attributions: options, estimation and the loop.
+
+    Subclasses set ``_default_beta``, ``_default_loss``, ``_losses`` (the
+    allowed loss names), and, where their formula differs,
+    :meth:`_signal_fraction` and ``_loss_sign``.
+    """
+
+    _default_beta: float = 10.0
+    _default_loss: str = "ce"
+    _losses: dict = CLASSIFICATION_LOSSES
+    _loss_sign: float = 1.0
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module,
+        *,
+        beta: Optional[float] = None,
+        steps: int = 10,
+        lr: float = 1.0,
+        batch_size: int = 10,
+        sigma: Optional[float] = 1.0,
+        min_std: float = 0.01,
+        init_alpha: float = 5.0,
+        active_neurons_threshold: float = 0.01,
+        loss: Union[str, Callable, None] = None,
+        relu: bool = False,
+        stats: Optional[FeatureStats] = None,
+        split: str = "auto",
+    ) -> None:
+        if not callable(forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        check_layer_in_model(forward_func, layer)
+        if split not in ("auto", "fx", "hooks"):
+            raise ValueError(f"split must be 'auto', 'fx' or 'hooks', got {split!r}")
+        super().__init__(forward_func, layer)
+        self.options = BottleneckOptions(
+            beta=self._default_beta if beta is None else beta,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            sigma=sigma,
+            min_std=min_std,
+            init_alpha=init_alpha,
+            active_neurons_threshold=active_neurons_threshold,
+            loss=self._default_loss if loss is None else loss,
+            relu=relu,
+        )
+        get_objective(self.options.loss, self._losses)
+        self.stats = check_stats(stats)
+        self.split_mode = split
+        self._split = None
+
+    @staticmethod
+    def _signal_fraction(lam: Tensor) -> Tensor:
+        """Fraction of the feature map that ``Z`` keeps: ``lambda`` for IBA."""
+        return lam
+
+    @property
+    def split(self):
+        """The prefix/suffix split in use (built on first use; ``.mode`` is "fx" or "hooks")."""
+        if self._split is None:
+            with frozen_model(self.forward_func):
+                self._split = make_split(self.forward_func, self.layer, self.split_mode)
+        return self._split
+
+    def estimate(self, data, n_samples: int = 1000, progress: bool = True) -> FeatureStats:
+        """Estimate the layer's per-neuron statistics from data and keep them.
+
+        Args:
+            data (iterable): a DataLoader or any iterable of input batches:
+                tensors ``(n, ...)``, ``(input, label, ...)`` tuples, or dicts
+                with an ``"image"`` entry.
+            n_samples (int): stop after this many samples (>= 2).
+            progress (bool): show a progress bar.
+
+        Returns:
+            FeatureStats: the statistics, also stored as ``self.stats``.
+        """
+        (self.stats,) = estimate_stats(self.forward_func, [self.layer], data, n_samples, progress)
+        return self.stats
+
+    def _resolve_options(self, overrides: dict) -> Tuple[BottleneckOptions, FeatureStats]:
+        stats = check_stats(overrides.pop("stats", self.stats))
+        unknown = set(overrides) - _OPTION_NAMES
+        if unknown:
+            raise TypeError(
+                f"attribute() got unexpected keyword arguments {sorted(unknown)}; options that "
+                f"may be overridden: {sorted(_OPTION_NAMES | {'stats'})}"
+            )
+        if stats is None:
+            raise ValueError(
+                "no feature statistics: call estimate(data) first or pass stats= (a FeatureStats)"
+            )
+        return dataclasses.replace(self.options, **overrides), stats
+
+    def _attribute(
+        self,
+        inputs,
+        target,
+        additional_forward_args,
+        overrides: dict,
+        reduce: str,
+        return_lambda: bool,
+        seed: Optional[int],
+        progress: bool,
+        target_values=None,
+    ):
+        options, stats = self._resolve_options(dict(overrides))
+        objective = get_objective(options.loss, self._losses)
+        if reduce not in ("sum", "none"):
+            raise ValueError(f"reduce must be 'sum' or 'none', got {reduce!r}")
+        inputs = format_inputs(inputs)
+        args = format_additional_args(additional_forward_args)
+        n = inputs[0].shape[0]
+        if target_values is not None and objective.reference != "target_values":
+            raise ValueError(f"target_values is only used by loss 'mse', not {objective.name!r}")
+        with frozen_model(self.forward_func):
+            split = self.split
+            with torch.no_grad():
+                features, context = split.features(inputs, args)
+                if stats.shape != tuple(features.shape[1:]):
+                    raise ValueError(
+                        f"stats were estimated for features of shape {stats.shape}, but the layer "
+                        f"outputs {tuple(features.shape[1:])} per sample: estimate them at this "
+                        "layer and input size"
+                    )
+                clean_outputs = split.outputs(features, context)
+            target = format_target(target, n, clean_outputs.device)
+            check_target_range(target, clean_outputs)
+            reference = _reference(objective, clean_outputs, target, target_values, n)
+            feature_stats = _feature_stats(stats, options, features)
+            lam = self._optimise(
+                split, features, context, target, reference, objective, options, feature_stats,
+                seed, progress,
+            )
+        bits = to_bits(capacity(features, lam, *feature_stats))
+        if reduce == "sum":
+            bits = bits.sum(1, keepdim=True)
+        device = inputs[0].device
+        if return_lambda:
+            return bits.to(device), lam.to(device)
+        return bits.to(device)
+
+    def _optimise(
+        self,
+        split,
+        features: Tensor,
+        context,
+        target: Optional[Tensor],
+        reference: Optional[Tensor],
+        objective: Objective,
+        options: BottleneckOptions,
+        feature_stats: Tuple[Tensor, Tensor, Tensor],
+        seed: Optional[int],
+        progress: bool,
+    ) -> Tensor:
+        """Minimise ``sign * L_model + beta * L_I`` over alpha; return the final lambda."""
+        n, draws = features.shape[0], options.batch_size
+        mean, std, active = feature_stats
+        expanded = split.expand(context, n, draws)
+        target_rows = None if target is None else target.repeat_interleave(draws)
+        reference_rows = None if reference is None else reference.repeat_interleave(draws)
+        if seed is None:
+            seed = int(torch.randint(2**62, ()))
+        generator = torch.Generator(device=features.device).manual_seed(seed)
+        alpha = torch.full_like(features, float(options.init_alpha), requires_grad=True)
+        optimizer = torch.optim.Adam([alpha], lr=options.lr)
+        for _ in trange(options.steps, disable=not progress, desc=type(self).__name__, leave=False):
+            lam = lambda_from_alpha(alpha, options.sigma)
+            noise = mean + std * torch.randn(
+                (draws, *features.shape[1:]),
+                generator=generator,
+                device=features.device,
+                dtype=features.dtype,
+            )
+            z = noisy_features(features, self._signal_fraction(lam), noise, active, options.relu)
+            outputs = split.outputs(z, expanded)
+            model_loss = objective(outputs, target_rows, reference_rows).view(n, draws).mean(1)
+            information_loss = mean_capacity(capacity(features, lam, mean, std, active), active)
+            loss = (self._loss_sign * model_loss + options.beta * information_loss).sum()
+            optimizer.zero_grad()
+            (alpha.grad,) = torch.autograd.grad(loss, [alpha])
+            optimizer.step()
+        return lambda_from_alpha(alpha.detach(), options.sigma)
+
+
+def _feature_stats(stats: FeatureStats, options: BottleneckOptions, like: Tensor):
+    """``(mean, std, active)`` on ``like``'s device and dtype."""
+    mean = stats.mean.to(device=like.device, dtype=like.dtype)
+    std = stats.std(options.min_std).to(device=like.device, dtype=like.dtype)
+    active = stats.active_mask(options.active_neurons_threshold).to(like.device)
+    return mean, std, active
+
+
+def _reference(
+    objective: Objective, clean_outputs: Tensor, target: Optional[Tensor], target_values, n: int
+) -> Optional[Tensor]:
+    """Per-sample reference score of the objective, shape (n,), or None."""
+    if objective.reference == "clean":
+        return select_outputs(clean_outputs, target).detach()
+    if objective.reference != "target_values":
+        return None
+    if target_values is None:
+        raise ValueError(f"loss {objective.name!r} needs target_values: the score y per sample")
+    values = torch.as_tensor(target_values, dtype=clean_outputs.dtype, device=clean_outputs.device)
+    if values.dim() == 0:
+        values = values.expand(n)
+    if values.shape != (n,):
+        raise ValueError(
+            f"target_values must hold one score per sample, shape ({n},); got {tuple(values.shape)}"
+        )
+    if not torch.isfinite(values).all():
+        raise ValueError("target_values contain NaN or Inf")
+    return values

@@ -1,0 +1,120 @@
+"""Information Bottleneck Attribution (Schulz et al., ICLR 2020)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from torch import Tensor
+
+from ._base import BottleneckAttribution
+
+
+class IBA(BottleneckAttribution):
+    r"""Information Bottleneck Attribution: the regions *sufficient* for a prediction.
+
+    A bottleneck at ``layer`` replaces its feature map ``F`` by
+    ``Z = lambda * F + (1 - lambda) * eps`` with ``eps ~ N(mu, sigma^2)``
+    (the layer's estimated per-neuron statistics), and ``lambda`` is
+    optimised per input to minimise
+
+    .. math:: L = L_{model}(\phi(Z), t) + \beta \, L_I,
+
+    where ``L_I`` is the mean KL capacity of ``Z`` over active neurons: as
+    much noise as possible while the prediction for ``target`` survives. The
+    attribution is that capacity in bits per feature-map location.
+
+    Args:
+        forward_func (nn.Module or callable): the model. An ``nn.Module`` that
+            traces with ``torch.fx`` runs the layers before ``layer`` once per
+            call and only the rest during the optimisation; other models run
+            whole, with ``layer``'s output swapped by a hook.
+        layer (nn.Module): a submodule whose output is one ``(N, C, h, w)``
+            feature map (e.g. ``model.features.denseblock3``).
+        beta (float): weight of the information loss (default 10).
+        steps (int): Adam steps (default 10).
+        lr (float): Adam learning rate (default 1.0).
+        batch_size (int): noise draws of each input per step (default 10).
+        sigma (float or None): std of the Gaussian smoothing of ``lambda``, in
+            feature-map cells (default 1.0; None or 0 disables it).
+        min_std (float): lower clamp of the estimated std (default 0.01).
+        init_alpha (float): initial ``alpha``; ``lambda = sigmoid(alpha)`` (default 5).
+        active_neurons_threshold (float): a neuron is active if non-zero in
+            more than this fraction of the estimation samples (default 0.01).
+        loss (str or callable): ``"ce"`` (softmax cross-entropy, default),
+            ``"bce"`` (one sigmoid per output, target labelled 1), or
+            ``(outputs, target) -> per-row loss``.
+        relu (bool): clamp ``Z`` at 0 (default False).
+        stats (FeatureStats, optional): the layer's statistics; otherwise call
+            :meth:`estimate`.
+        split (str): ``"auto"`` (default), ``"fx"`` or ``"hooks"``; see
+            :mod:`captum_iba.split`.
+
+    Examples::
+
+        >>> from captum_iba import IBA
+        >>> iba = IBA(model, model.features.denseblock3, loss="bce")
+        >>> iba.estimate(loader, n_samples=500)
+        >>> bits = iba.attribute(images, target=2)          # (N, 1, h, w), bits
+        >>> heatmap = IBA.interpolate(bits, images.shape[-2:])  # Captum's resize
+    """
+
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        reduce: str = "sum",
+        return_lambda: bool = False,
+        seed: Optional[int] = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> Union[Tensor, tuple]:
+        r"""Bits per feature-map location that the prediction needs.
+
+        All N inputs are optimised in one batched loop; each map equals the
+        map the input would get alone with the same ``seed``. The model is
+        run in eval mode without parameter gradients and restored exactly.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): model inputs, batch first,
+                ``(N, ...)``; finite.
+            target (int, list of int, or Tensor, optional): the output to
+                explain, one for all or one per sample (Captum's convention).
+                Required unless the model has a single output.
+            additional_forward_args (Any, optional): extra arguments after the
+                inputs; tensors with N rows are treated as per-sample.
+            reduce (str): ``"sum"`` over channels (default) or ``"none"``.
+            return_lambda (bool): also return the optimised ``lambda``.
+            seed (int, optional): seed of the noise; the same seed gives the
+                same map. None draws one from torch's global generator.
+            progress (bool): show a progress bar over the steps.
+            **options: any constructor option (``beta``, ``steps``, ``lr``,
+                ``batch_size``, ``sigma``, ``min_std``, ``init_alpha``,
+                ``active_neurons_threshold``, ``loss``, ``relu``, ``stats``)
+                for this call only.
+
+        Returns:
+            Tensor: capacity in bits, ``(N, 1, h, w)`` with ``reduce="sum"``
+            or ``(N, C, h, w)`` with ``reduce="none"``, on the inputs' device.
+            With ``return_lambda``, the tuple ``(bits, lambda)``; ``lambda``
+            is ``(N, C, h, w)`` in [0, 1]. ``IBA.interpolate(bits, size)``
+            resizes a map to the input; multiply by ``h*w/(H*W)`` to keep its
+            total in bits.
+
+        Raises:
+            ValueError: no statistics, statistics of another shape, targets
+                out of range, NaN/Inf inputs, invalid options.
+            TypeError: inputs or target of the wrong type, unknown options.
+
+        Examples::
+
+            >>> iba = IBA(model, model.features.denseblock3, stats=FeatureStats.load("db3.pt"))
+            >>> bits = iba.attribute(images, target=[0, 3, 3], seed=0)
+            >>> bits.shape
+            torch.Size([3, 1, 14, 14])
+        """
+        return self._attribute(
+            inputs, target, additional_forward_args, options, reduce, return_lambda, seed, progress
+        )

@@ -1,0 +1,177 @@
+"""The per-sample bottleneck: the math of Information Bottleneck Attribution.
+
+At a layer with feature map ``F`` (per sample ``C x h x w``) and estimated
+per-neuron statistics ``mu``, ``sigma`` (Schulz et al. 2020, "Restricting the
+flow"; Khakzar et al. 2021 for the inverse form):
+
+* ``lambda = smooth(sigmoid(alpha))``, a Gaussian blur per channel;
+* ``eps ~ N(mu, sigma^2)`` per neuron;
+* IBA:          ``Z = lambda * F + (1 - lambda) * eps``
+* Inverse IBA:  ``Z = lambda * eps + (1 - lambda) * F``
+* capacity per neuron, in nats, with ``r = (F - mu) / sigma``:
+  ``KL = -0.5 * (1 + log v - m^2 - v)``, ``m = lambda * r``,
+  ``v = (1 - lambda)^2`` -- the KL divergence of ``N(m, v)`` from ``N(0, 1)``.
+
+Inactive neurons (almost always zero in the estimation data) are zeroed in
+``Z`` and left out of the capacity. The functions here are stateless; the
+optimisation loop lives in :mod:`captum_iba.attr._base`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Keeps log((1 - lambda)^2) finite when the sigmoid saturates to exactly 1.
+_LOG_EPS = 1e-8
+
+
+def gaussian_kernel_1d(sigma: float, dtype=torch.float32, device=None) -> Tensor:
+    """Normalised 1-D Gaussian kernel of size ``2 * round(2 * sigma) + 1``.
+
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation in feature-map cells (> 0).
+
+    Returns
+    -------
+    Tensor, shape (K,)
+        Weights summing to 1.
+    """
+    radius = int(round(2 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (weights / weights.sum()).to(dtype=dtype, device=device)
+
+
+def smooth(lam: Tensor, sigma: Optional[float]) -> Tensor:
+    """Blur ``lam`` spatially, per channel, with a Gaussian of std ``sigma``.
+
+    Separable depthwise convolution with reflection padding, so the blurred
+    map keeps its shape and stays in [0, 1].
+
+    Parameters
+    ----------
+    lam : Tensor, shape (N, C, h, w)
+    sigma : float or None
+        Standard deviation in cells; ``None`` or 0 returns ``lam`` unchanged.
+
+    Returns
+    -------
+    Tensor, shape (N, C, h, w)
+    """
+    if not sigma:
+        return lam
+    kernel = gaussian_kernel_1d(sigma, lam.dtype, lam.device)
+    radius = (kernel.numel() - 1) // 2
+    n, c, h, w = lam.shape
+    # Reflection padding needs the pad to be smaller than the side.
+    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
+    x = lam.reshape(n * c, 1, h, w)
+    if pad_h:
+        x = F.conv2d(
+            F.pad(x, (0, 0, pad_h, pad_h), mode="reflect"),
+            kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1),
+        )
+    if pad_w:
+        x = F.conv2d(
+            F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect"),
+            kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1),
+        )
+    return x.reshape(n, c, h, w)
+
+
+def lambda_from_alpha(alpha: Tensor, sigma: Optional[float]) -> Tensor:
+    """``lambda = smooth(sigmoid(alpha), sigma)``, shape of ``alpha``."""
+    return smooth(torch.sigmoid(alpha), sigma)
+
+
+def capacity(
+    features: Tensor,
+    lam: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    active: Optional[Tensor] = None,
+) -> Tensor:
+    """KL capacity per neuron, in nats.
+
+    ``KL = -0.5 * (1 + log v - m^2 - v)`` with ``r = (F - mu) / sigma``,
+    ``m = lambda * r`` and ``v = (1 - lambda)^2``: the information that the
+    noisy ``Z`` still carries about ``F``, relative to pure noise.
+
+    Parameters
+    ----------
+    features : Tensor, shape (N, C, h, w)
+        The feature map ``F``.
+    lam : Tensor, shape (N, C, h, w)
+        Signal fraction ``lambda`` in [0, 1].
+    mean, std : Tensor, shape (C, h, w)
+        Per-neuron statistics; ``std`` already clamped below.
+    active : Tensor of bool, shape (C, h, w), optional
+        Neurons to keep; the capacity of the others is 0.
+
+    Returns
+    -------
+    Tensor, shape (N, C, h, w)
+        Non-negative capacity in nats.
+    """
+    r = (features - mean) / std
+    m = lam * r
+    v = (1 - lam) ** 2
+    kl = -0.5 * (1 + torch.log(v + _LOG_EPS) - m**2 - v)
+    if active is not None:
+        kl = kl * active
+    return kl
+
+
+def mean_capacity(kl: Tensor, active: Optional[Tensor] = None) -> Tensor:
+    """Per-sample mean capacity over active neurons, shape (N,), in nats."""
+    total = kl.flatten(1).sum(1)
+    count = kl[0].numel() if active is None else active.sum().clamp(min=1)
+    return total / count
+
+
+def noisy_features(
+    features: Tensor,
+    lam: Tensor,
+    noise: Tensor,
+    active: Optional[Tensor] = None,
+    relu: bool = False,
+) -> Tensor:
+    """``Z = lam * F + (1 - lam) * eps`` for every noise draw.
+
+    Inverse IBA calls this with ``1 - lambda`` as ``lam``.
+
+    Parameters
+    ----------
+    features : Tensor, shape (N, C, h, w)
+    lam : Tensor, shape (N, C, h, w)
+        Fraction of the signal kept.
+    noise : Tensor, shape (B, C, h, w) or (N, B, C, h, w)
+        Noise draws ``eps``; a (B, ...) tensor is shared by all N samples.
+    active : Tensor of bool, shape (C, h, w), optional
+        Inactive neurons are zeroed in ``Z``.
+    relu : bool
+        Clamp ``Z`` at 0, for layers whose activations are non-negative.
+
+    Returns
+    -------
+    Tensor, shape (N * B, C, h, w)
+        Sample-major: rows ``i * B ... (i + 1) * B - 1`` belong to sample ``i``.
+    """
+    z = lam.unsqueeze(1) * features.unsqueeze(1) + (1 - lam.unsqueeze(1)) * noise
+    if active is not None:
+        z = z * active
+    if relu:
+        z = z.clamp(min=0)
+    return z.flatten(0, 1)
+
+
+def to_bits(kl_nats: Tensor) -> Tensor:
+    """Convert nats to bits."""
+    return kl_nats / math.log(2)
