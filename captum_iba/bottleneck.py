@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # Keeps log((1 - lambda)^2) finite when the sigmoid saturates to exactly 1.
-_LOG_EPS = 1e-8
+_MIN_VARIANCE = 1e-8
 
 
 def gaussian_kernel_1d(sigma: float, dtype=torch.float32, device=None) -> Tensor:
@@ -68,22 +68,25 @@ def smooth(lam: Tensor, sigma: Optional[float]) -> Tensor:
     if not sigma:
         return lam
     kernel = gaussian_kernel_1d(sigma, lam.dtype, lam.device)
-    radius = (kernel.numel() - 1) // 2
     n, c, h, w = lam.shape
-    # Reflection padding needs the pad to be smaller than the side.
-    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
     x = lam.reshape(n * c, 1, h, w)
-    if pad_h:
-        x = F.conv2d(
-            F.pad(x, (0, 0, pad_h, pad_h), mode="reflect"),
-            kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1),
-        )
-    if pad_w:
-        x = F.conv2d(
-            F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect"),
-            kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1),
-        )
+    if h > 1:
+        row = _fit_kernel(kernel, h)
+        pad = row.numel() // 2
+        x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), row.view(1, 1, -1, 1))
+    if w > 1:
+        column = _fit_kernel(kernel, w)
+        pad = column.numel() // 2
+        x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), column.view(1, 1, 1, -1))
     return x.reshape(n, c, h, w)
+
+
+def _fit_kernel(kernel: Tensor, side: int) -> Tensor:
+    """The kernel cut to a radius below ``side`` (reflection padding needs it), renormalised."""
+    radius = kernel.numel() // 2
+    cut = min(radius, side - 1)
+    kernel = kernel[radius - cut : radius + cut + 1]
+    return kernel / kernel.sum()
 
 
 def lambda_from_alpha(alpha: Tensor, sigma: Optional[float]) -> Tensor:
@@ -123,7 +126,7 @@ def capacity(
     r = (features - mean) / std
     m = lam * r
     v = (1 - lam) ** 2
-    kl = -0.5 * (1 + torch.log(v + _LOG_EPS) - m**2 - v)
+    kl = -0.5 * (1 + torch.log(v.clamp(min=_MIN_VARIANCE)) - m**2 - v)
     if active is not None:
         kl = kl * active
     return kl

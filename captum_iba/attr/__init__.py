@@ -3,5 +3,7 @@
 from ._base import BottleneckOptions
 from .iba import IBA
 from .inverse import InverseIBA
+from .multilayer import MultiLayerIBA, combine_layer_maps
+from .regression import RegressionIBA
 
-__all__ = ["BottleneckOptions", "IBA", "InverseIBA"]
+__all__ = ["BottleneckOptions", "IBA", "InverseIBA", "MultiLayerIBA", "RegressionIBA", "combine_layer_maps"]

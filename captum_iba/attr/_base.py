@@ -296,7 +296,8 @@ class BottleneckAttribution(LayerAttribution):
                         f"outputs {tuple(features.shape[1:])} per sample: estimate them at this "
                         "layer and input size"
                     )
-                clean_outputs = split.outputs(features, context)
+                # The network may update the layer output in place (``y += skip``): pass a copy.
+                clean_outputs = split.outputs(features.clone(), context)
             target = format_target(target, n, clean_outputs.device)
             check_target_range(target, clean_outputs)
             reference = _reference(objective, clean_outputs, target, target_values, n)
