@@ -1,0 +1,264 @@
+"""Attribution-map utilities shared by the metrics and Multi-layer IBA.
+
+Every function takes and returns a batch of single-channel maps of shape
+``(N, 1, H, W)``; :func:`as_map_batch` brings the shapes attribution methods
+return to that form. The functions are plain (no state, no in-place changes
+to their arguments) in the style of scikit-image.
+"""
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from skimage.filters import threshold_otsu
+
+__all__ = ["as_map_batch", "resize_map", "parse_threshold", "binarize", "rank_pixels"]
+
+_THRESHOLD_FORMS = (
+    "a number in [0, 1] (a value on the per-sample L2-normalised map), "
+    "'top:F' with F in (0, 1] (keep the top fraction F of the pixels), "
+    "or 'otsu' (Otsu's threshold per sample)"
+)
+
+
+def as_map_batch(attributions, n=None):
+    """Bring attributions to a batch of single-channel maps.
+
+    Parameters
+    ----------
+    attributions : torch.Tensor
+        Shape ``(N, H, W)``, ``(N, 1, h, w)`` or ``(N, C, H, W)``; channels
+        are summed, as a per-pixel attribution is the sum over the pixel's
+        channels.
+    n : int, optional
+        The expected batch size (usually the number of inputs).
+
+    Returns
+    -------
+    maps : torch.Tensor
+        Shape ``(N, 1, H, W)``, floating point, detached, a new tensor (never
+        a view of ``attributions``). Integer input becomes the default float
+        dtype; floating input keeps its dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``attributions`` is not a tensor.
+    ValueError
+        If the rank is not 3 or 4, if the batch size differs from ``n``, or
+        if the attributions contain NaN or Inf.
+
+    Examples
+    --------
+    >>> as_map_batch(torch.ones(2, 3, 4, 4)).shape
+    torch.Size([2, 1, 4, 4])
+    """
+    return _map_batch(attributions, n, "attributions")
+
+
+def _map_batch(value, n, name):
+    """:func:`as_map_batch` for any argument; errors name it ``name``."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() == 3:
+        value = value.unsqueeze(1)
+    elif value.dim() != 4:
+        raise ValueError(
+            f"{name} must have shape (N, H, W), (N, 1, h, w) or (N, C, H, W), "
+            f"got shape {tuple(value.shape)}"
+        )
+    if n is not None and value.shape[0] != n:
+        raise ValueError(
+            f"{name} has batch size {value.shape[0]} but {n} were expected (one map per input)"
+        )
+    if not value.is_floating_point():
+        value = value.to(torch.get_default_dtype())
+    maps = value.detach().sum(dim=1, keepdim=True)
+    if not torch.isfinite(maps).all():
+        raise ValueError(f"{name} contain NaN or Inf")
+    return maps
+
+
+def _size_pair(size):
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size, size)
+    size = tuple(size)
+    if len(size) != 2 or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in size
+    ):
+        raise ValueError(f"size must be a positive int or a pair (H, W), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def resize_map(maps, size, preserve_total=True):
+    """Resize maps bilinearly, by default preserving their total.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        Attribution maps in any shape :func:`as_map_batch` accepts.
+    size : int or tuple of int
+        The target ``(H, W)`` (an int means a square).
+    preserve_total : bool, optional
+        Scale the resized map by ``(h * w) / (H * W)`` so its sum over pixels
+        (for IBA: the total information in bits) stays what it was, up to
+        interpolation at the borders. Default True.
+
+    Returns
+    -------
+    resized : torch.Tensor
+        Shape ``(N, 1, H, W)``; a copy of the maps when the size already
+        matches.
+
+    Notes
+    -----
+    Upsampling is Captum's ``LayerAttribution.interpolate(maps, size,
+    "bilinear")``; downsampling adds antialiasing, so a large map's total is
+    not lost between the sampled pixels.
+
+    Examples
+    --------
+    >>> bits = torch.rand(1, 1, 7, 7)
+    >>> resized = resize_map(bits, 224)
+    >>> bool(torch.isclose(resized.sum(), bits.sum(), rtol=0.05))
+    True
+    """
+    maps = as_map_batch(maps)
+    height, width = _size_pair(size)
+    h, w = maps.shape[-2:]
+    if (h, w) == (height, width):
+        return maps
+    downsampling = height < h or width < w
+    resized = F.interpolate(
+        maps, size=(height, width), mode="bilinear", align_corners=False,
+        antialias=downsampling,
+    )
+    if preserve_total:
+        resized = resized * (h * w / (height * width))
+    return resized
+
+
+def parse_threshold(threshold):
+    """Validate and normalise a threshold specification.
+
+    Parameters
+    ----------
+    threshold : float or str
+        One of
+
+        - a number ``t`` in [0, 1]: keep the pixels whose value on the
+          per-sample L2-normalised map is above ``t``;
+        - ``"top:F"`` with ``F`` in (0, 1]: keep the top fraction ``F`` of
+          the pixels;
+        - ``"otsu"``: keep the pixels above Otsu's threshold
+          (``skimage.filters.threshold_otsu``) of each map.
+
+    Returns
+    -------
+    kind : str
+        ``"value"``, ``"top"`` or ``"otsu"``.
+    parameter : float or None
+        The value ``t``, the fraction ``F``, or None for Otsu.
+
+    Raises
+    ------
+    ValueError
+        On any other specification, naming the accepted forms.
+
+    Examples
+    --------
+    >>> parse_threshold("top:0.1")
+    ('top', 0.1)
+    >>> parse_threshold(0.5)
+    ('value', 0.5)
+    """
+    if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
+        if 0.0 <= threshold <= 1.0:
+            return "value", float(threshold)
+    elif isinstance(threshold, str):
+        if threshold == "otsu":
+            return "otsu", None
+        if threshold.startswith("top:"):
+            try:
+                fraction = float(threshold[len("top:"):])
+            except ValueError:
+                fraction = math.nan
+            if 0.0 < fraction <= 1.0:
+                return "top", fraction
+    raise ValueError(f"threshold must be {_THRESHOLD_FORMS}; got {threshold!r}")
+
+
+def rank_pixels(maps):
+    """Order the pixels of each map from the highest value to the lowest.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        Attribution maps in any shape :func:`as_map_batch` accepts.
+
+    Returns
+    -------
+    order : torch.Tensor
+        Long tensor of shape ``(N, H * W)``: flat pixel indices (``row * W +
+        col``), highest value first. Ties go to the lower flat index first, so
+        the order is deterministic.
+
+    Examples
+    --------
+    >>> rank_pixels(torch.tensor([[[1.0, 3.0], [3.0, 0.0]]])).tolist()
+    [[1, 2, 0, 3]]
+    """
+    flat = as_map_batch(maps).flatten(1)
+    # A stable sort keeps equal values in index order.
+    return torch.sort(flat, dim=1, descending=True, stable=True).indices
+
+
+def binarize(maps, threshold):
+    """Threshold each map of a batch.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        Attribution maps in any shape :func:`as_map_batch` accepts.
+    threshold : float or str
+        A specification accepted by :func:`parse_threshold`.
+
+    Returns
+    -------
+    masks : torch.Tensor
+        Boolean, shape ``(N, 1, H, W)``.
+
+    Notes
+    -----
+    - Value thresholds compare ``map / ||map||_2`` (per sample) with the
+      value, strictly; an all-zero map gives an empty mask.
+    - ``"top:F"`` keeps exactly ``max(1, round(F * H * W))`` pixels (halves
+      round up); among equal values the lower flat index is kept first.
+    - ``"otsu"`` keeps the pixels strictly above the threshold; a constant map
+      has no threshold that separates anything and gives an empty mask.
+
+    Examples
+    --------
+    >>> m = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    >>> binarize(m, "top:0.5").flatten().tolist()
+    [False, False, True, True]
+    """
+    kind, parameter = parse_threshold(threshold)
+    maps = as_map_batch(maps)
+    n, _, height, width = maps.shape
+    flat = maps.flatten(1)
+    if kind == "value":
+        norms = flat.norm(dim=1, keepdim=True)
+        normalised = flat / norms.clamp_min(torch.finfo(flat.dtype).tiny)
+        keep = normalised > parameter
+    elif kind == "top":
+        n_keep = max(1, math.floor(parameter * height * width + 0.5))
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep.scatter_(1, rank_pixels(maps)[:, :n_keep], True)
+    else:
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        for i, row in enumerate(flat.cpu().numpy()):
+            if row.min() < row.max():
+                keep[i] = torch.from_numpy(row > threshold_otsu(row))
+    return keep.view(n, 1, height, width)
