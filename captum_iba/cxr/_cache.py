@@ -1,0 +1,97 @@
+"""The user's model cache: where it is, atomic writes, verified reads.
+
+A checkpoint is one ``torch.save`` file holding the state dict, metadata and
+a SHA-256 digest of both. A file that cannot be read, or whose digest does
+not match, is reported as corrupt (a warning) and treated as absent, so that
+the caller rebuilds it instead of trusting it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+
+__all__ = ["cache_dir", "save_checkpoint", "load_checkpoint"]
+
+_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """The package's cache folder (not created).
+
+    ``$CAPTUM_IBA_CACHE`` if set, else ``$XDG_CACHE_HOME/captum_iba``, else
+    ``~/.cache/captum_iba``.
+    """
+    override = os.environ.get("CAPTUM_IBA_CACHE")
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "captum_iba"
+
+
+def _digest(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
+    sha = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu()
+        sha.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        sha.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def save_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Write a checkpoint atomically: to a temporary file in the same folder, then renamed.
+
+    Parameters
+    ----------
+    path : Path
+        Destination; its folder is created if needed.
+    state_dict : mapping of str to Tensor
+    meta : mapping
+        JSON-serialisable metadata.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state_dict = {key: value.detach().cpu() for key, value in state_dict.items()}
+    payload = {"format": _FORMAT, "state_dict": state_dict, "meta": dict(meta), "sha256": _digest(state_dict, meta)}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def load_checkpoint(path: Path) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns
+    -------
+    (state_dict, meta) or None
+        None if the file does not exist, or is corrupt (with a warning).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict, meta = payload["state_dict"], payload["meta"]
+        intact = payload["format"] == _FORMAT and payload["sha256"] == _digest(state_dict, meta)
+    except Exception as error:  # any unreadable file is corrupt, whatever the reader's complaint
+        intact, reason = False, f"{type(error).__name__}: {error}"
+    else:
+        reason = "its content does not match its digest"
+    if not intact:
+        warnings.warn(f"ignoring corrupt cache file {path} ({reason}); it will be rebuilt", RuntimeWarning)
+        return None
+    return state_dict, meta
