@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Tuple
@@ -129,20 +129,39 @@ def _train(recipe: _Recipe, progress: bool) -> Tuple[nn.Module, Dict[str, object
     return model, evaluate(model, test, target=recipe.target)
 
 
-def embedded_model_path(name: str) -> Path:
+_RECIPE_OVERRIDES = ("size", "train_images", "test_images", "epochs")
+
+
+def _recipe(name: str, overrides: Dict[str, int]) -> _Recipe:
+    if name not in _RECIPES:
+        raise ValueError(f"name: expected one of {EMBEDDED_MODELS}, got {name!r}")
+    unknown = set(overrides) - set(_RECIPE_OVERRIDES)
+    if unknown:
+        raise TypeError(f"unexpected recipe overrides {sorted(unknown)}; accepted: {_RECIPE_OVERRIDES}")
+    for key, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+    return replace(_RECIPES[name], **overrides)
+
+
+def embedded_model_path(name: str, **overrides: int) -> Path:
     """Cache file of an embedded model (it may not exist yet).
 
     Parameters
     ----------
     name : str
         One of :data:`EMBEDDED_MODELS`.
+    **overrides : int
+        As :func:`load_embedded_model`.
     """
-    if name not in _RECIPES:
-        raise ValueError(f"name: expected one of {EMBEDDED_MODELS}, got {name!r}")
-    return cache_dir() / "models" / f"{name}-{_RECIPES[name].key()}.pt"
+    return _cache_path(name, _recipe(name, overrides))
 
 
-def load_embedded_model(name: str, *, progress: bool = True) -> nn.Module:
+def _cache_path(name: str, recipe: _Recipe) -> Path:
+    return cache_dir() / "models" / f"{name}-{recipe.key()}.pt"
+
+
+def load_embedded_model(name: str, *, progress: bool = True, **overrides: int) -> nn.Module:
     """One of the paper's models, trained on the phantom (on first use) and cached.
 
     Parameters
@@ -150,6 +169,10 @@ def load_embedded_model(name: str, *, progress: bool = True) -> nn.Module:
     name : {"nih_bce", "nih_weighted_bce", "brixia_regression", "brixia_detectors"}
     progress : bool
         Show progress bars while training.
+    **overrides : int
+        Change the recipe (and so the cache key): ``size`` (image side),
+        ``train_images``, ``test_images``, ``epochs``. For quick runs and
+        tests; the defaults are the embedded models.
 
     Returns
     -------
@@ -159,8 +182,8 @@ def load_embedded_model(name: str, *, progress: bool = True) -> nn.Module:
         default) and ``metrics`` (its :func:`~captum_iba.cxr.evaluate` result
         on held-out phantom images).
     """
-    path = embedded_model_path(name)
-    recipe = _RECIPES[name]
+    recipe = _recipe(name, overrides)
+    path = _cache_path(name, recipe)
     cached = load_checkpoint(path)
     model = _build(recipe)
     if cached is not None:
