@@ -19,3 +19,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) report .pytest_cache .hypothesis
+
+demo: $(STAMP)
+	$(VENV)/bin/captum-iba demo

@@ -8,7 +8,7 @@ a path, and returns it.
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -132,17 +132,3 @@ def _save(figure: Figure, path: Optional[str]) -> Figure:
         figure.savefig(tmp)
         os.replace(tmp, path)
     return figure
-
-
-def per_method_table(rows: Dict[str, Dict[str, float]], columns: Sequence[str], *, digits: int = 3) -> str:
-    """A Markdown table: one row per key of ``rows``, one column per name in ``columns``."""
-    header = "| method | " + " | ".join(columns) + " |"
-    rule = "|---|" + "---|" * len(columns)
-    lines = [header, rule]
-    for label, values in rows.items():
-        cells = []
-        for column in columns:
-            value = values.get(column)
-            cells.append("n/a" if value is None or value != value else f"{value:.{digits}f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

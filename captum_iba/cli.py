@@ -1,0 +1,193 @@
+"""The ``captum-iba`` command: demo, evaluate, train, attribute."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import List, Optional
+
+import torch
+
+from .evaluation import EvaluationSettings
+
+HELD_OUT_SEED = 1000  # phantom seed of the evaluation images; the models train on seeds 0 (train) and 1 (test)
+
+
+def _settings(args) -> EvaluationSettings:
+    return EvaluationSettings(batch_size=args.batch_size, insertion_steps=args.insertion_steps,
+                              sensitivity_masks=args.sensitivity_masks, seed=args.seed)
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> None:
+    parser.add_argument("--out", default="report", help="report folder (default: report/)")
+    parser.add_argument("--images", type=int, default=images, help=f"held-out images per study (default {images})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the IBA noise and random choices")
+    parser.add_argument("--steps", type=int, default=10, help="IBA optimisation steps (default 10)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images attributed together")
+    parser.add_argument("--insertion-steps", type=int, default=16, help="insertion/deletion steps (default 16)")
+    parser.add_argument("--sensitivity-masks", type=int, default=16, help="random masks per n in sensitivity-N")
+    parser.add_argument("--extremal-iterations", type=int, default=20,
+                        help="TorchRay extremal perturbation iterations per image (default 20; TorchRay's is 800)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _suite_options(args) -> dict:
+    return {"iba_options": {"steps": args.steps}, "extremal_iterations": args.extremal_iterations}
+
+
+def _print_summary(results: dict, out: str) -> None:
+    from .report import headline_table
+
+    print(f"\nreport written to {out}/report.md ({results['seconds_total']:.0f} s)")
+    if "nih" in results:
+        print(headline_table(results))
+    for claim in results["claims"]:
+        print(f"- {claim['claim']}: {claim['verdict']}")
+
+
+def run_demo(args) -> int:
+    """The paper's evaluation on the embedded phantom and its models."""
+    from .cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
+    from .report import ReportInputs, run_report
+
+    overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
+                                   ("test_images", args.train_images), ("epochs", args.epochs)) if v}
+    models = {}
+    for name in EMBEDDED_MODELS:
+        models[name] = load_embedded_model(name, progress=not args.quiet, **overrides)
+        print(f"model {name}: {_quality(models[name].metrics)}")
+    size = models["nih_bce"].input_size
+    auc_images = max(args.images, args.auc_images)
+    inputs = ReportInputs(
+        models=models,
+        nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_SEED, task="nih"),
+        brixia=PhantomCXR(args.images, size=size, seed=HELD_OUT_SEED, task="brixia"),
+        nih_estimation=PhantomCXR(256, size=size, seed=0, task="nih"),
+        brixia_estimation=PhantomCXR(256, size=size, seed=0, task="brixia"),
+        images=args.images,
+        auc_images=auc_images,
+        description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the four embedded "
+                     f"models trained on it (captum_iba.cxr). Evaluated on held-out phantom images "
+                     f"(seed {HELD_OUT_SEED}): {args.images} per study, {auc_images} for AUC/AP. "
+                     f"Command: `captum-iba demo --images {args.images} --seed {args.seed}`."),
+        suite_options=_suite_options(args),
+    )
+    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
+    _print_summary(results, args.out)
+    return 0
+
+
+def _quality(metrics: dict) -> str:
+    if "mae" in metrics:
+        return f"MAE {metrics['mae']:.2f} on {metrics['n']} held-out phantom images"
+    return f"mean AUC {metrics['mean_auc']:.3f}, mean AP {metrics['mean_ap']:.3f} on {metrics['n']} held-out images"
+
+
+def run_evaluate(args) -> int:
+    """The same evaluation on a real dataset folder and a checkpoint."""
+    from .cxr.sources import open_dataset, open_model
+    from .report import ReportInputs, run_report
+
+    model = open_model(args.task or ("nih" if args.dataset == "nih" else "brixia_regression"), args.checkpoint)
+    name = {"nih": "nih_bce", "brixia_regression": "brixia_regression", "brixia_detectors": "brixia_detectors"}[model.task]
+    test = open_dataset(args.dataset, args.root, size=model.input_size, split="test")
+    train = open_dataset(args.dataset, args.root, size=model.input_size, split="train")
+    estimation = torch.utils.data.Subset(train, range(min(len(train), 256)))
+    key = "nih" if args.dataset == "nih" else "brixia"
+    inputs = ReportInputs(
+        models={name: model}, images=args.images, auc_images=max(args.images, 200),
+        description=(f"{args.dataset} at {args.root}, checkpoint {args.checkpoint} ({model.task}); "
+                     f"{args.images} test-split images per study."),
+        suite_options=_suite_options(args),
+        **{key: test, f"{key}_estimation": estimation},
+    )
+    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
+    _print_summary(results, args.out)
+    return 0
+
+
+def run_train(args) -> int:
+    """Train a DenseNet on a dataset and write a checkpoint for evaluate/attribute."""
+    from .cxr import densenet121_cxr, fit, evaluate, small_densenet
+    from .cxr.checkpoints import TASKS, save_model
+    from .cxr.sources import open_dataset
+
+    target, outputs = TASKS[args.task]
+    phantom_task = "nih" if args.task == "nih" else "brixia"
+    size = args.size or (224 if args.dataset != "phantom" else None)
+    train = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=args.images, seed=0, split="train")
+    test = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=max(64, args.images // 5), seed=1,
+                        split="test")
+    size = train[0]["image"].shape[-1]
+    if args.architecture == "densenet121":
+        model, architecture = densenet121_cxr(outputs), {"name": "densenet121"}
+    else:
+        model, architecture = small_densenet(outputs), {"name": "small_densenet"}
+    loss = args.loss or ("mse" if target == "score" else "bce")
+    fit(model, train, loss, target=target, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, progress=not args.quiet)
+    quality = evaluate(model, test, target=target)
+    save_model(model, args.out, task=args.task, architecture=architecture, input_size=size)
+    print(f"wrote {args.out}: {args.task} model, {_quality(quality)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captum-iba",
+        description="Information Bottleneck Attribution for chest X-ray models, with the paper's evaluation.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="the paper's evaluation on the embedded phantom (no download)",
+                               description=run_demo.__doc__)
+    _add_evaluation_options(demo, images=16)
+    demo.add_argument("--auc-images", type=int, default=200, help="held-out images for Table 3's AUC/AP")
+    demo.add_argument("--size", type=int, default=None, help="train the embedded models at this size (quick runs)")
+    demo.add_argument("--train-images", type=int, default=None, help="phantom images to train on (quick runs)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (quick runs)")
+    demo.set_defaults(run=run_demo)
+
+    evaluate = commands.add_parser("evaluate", help="the evaluation on a real dataset and checkpoint",
+                                   description=run_evaluate.__doc__)
+    evaluate.add_argument("--dataset", choices=["nih", "brixia"], required=True)
+    evaluate.add_argument("--root", required=True, help="the dataset folder")
+    evaluate.add_argument("--checkpoint", required=True, help="a model written by `captum-iba train`")
+    evaluate.add_argument("--task", choices=["nih", "brixia_regression", "brixia_detectors"], default=None,
+                          help="the checkpoint's task (default: nih for --dataset nih, else brixia_regression)")
+    _add_evaluation_options(evaluate, images=64)
+    evaluate.set_defaults(run=run_evaluate)
+
+    train = commands.add_parser("train", help="train a model and write a checkpoint", description=run_train.__doc__)
+    train.add_argument("--task", choices=["nih", "brixia_regression", "brixia_detectors"], required=True)
+    train.add_argument("--dataset", choices=["phantom", "nih", "brixia"], default="phantom")
+    train.add_argument("--root", default=None, help="the dataset folder (nih, brixia)")
+    train.add_argument("--out", required=True, help="checkpoint file to write")
+    train.add_argument("--architecture", choices=["small_densenet", "densenet121"], default="small_densenet")
+    train.add_argument("--loss", choices=["bce", "weighted_bce", "mse"], default=None)
+    train.add_argument("--images", type=int, default=3000, help="phantom training images")
+    train.add_argument("--size", type=int, default=None, help="image side (default: phantom 96, real data 224)")
+    train.add_argument("--epochs", type=int, default=4)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=5e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(run=run_train)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Captum and TorchRay warn on every call about torch API changes that do not affect results.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(captum|torchray|torch)\b")
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as error:
+        print(f"captum-iba {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The paper's evaluation: every method on held-out chest X-rays, every metric.
+
+Three studies, each over one model and a set of held-out items:
+
+* :func:`localisation_study` -- a classifier (8 findings, or BrixIA's three
+  detectors): for every (image, positive output) pair, each method's map is
+  scored by IoU with the ground truth (paper Tables 1-3), the pointing game,
+  and insertion/deletion AUC (Fig. 2); seconds per map are timed.
+* :func:`regression_study` -- the severity regressor: Regression IBA with its
+  three losses (and the baselines) scored by the Pearson correlation of the
+  map with the per-pixel severity map, and sensitivity-N (Fig. 3b).
+* :func:`component_coverage` -- for findings drawn in two places, how many of
+  the places a thresholded map reaches (Inverse IBA's claim).
+
+Results are plain dicts of floats (JSON-ready); :mod:`captum_iba.report`
+turns them into tables, figures and the claims.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from skimage.measure import label as connected_components
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .maps import binarize, resize_map
+from .methods import METHODS, MethodSuite
+from .metrics import insertion_deletion, localization_iou, map_correlation, pointing_game, sensitivity_n
+
+#: How a map is binarised for IoU and coverage: Otsu's threshold per map.
+IOU_THRESHOLD = "otsu"
+
+
+@dataclass
+class EvaluationSettings:
+    """Knobs of the evaluation (the defaults are the demo's).
+
+    Attributes
+    ----------
+    batch_size : int
+        Images attributed together.
+    insertion_steps : int
+        Steps of the insertion/deletion curves.
+    sensitivity_ns : tuple of int
+        Mask sizes of sensitivity-N, in pixels (clipped to the image).
+    sensitivity_masks : int
+        Random masks per n.
+    pointing_tolerance : int
+        Pointing-game tolerance at 224 px (TorchRay's 15), scaled with the image.
+    seed : int
+        Seed of the IBA noise and of every random choice.
+    """
+
+    batch_size: int = 8
+    insertion_steps: int = 50
+    sensitivity_ns: Tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    sensitivity_masks: int = 32
+    pointing_tolerance: int = 15
+    seed: int = 0
+
+
+@dataclass
+class Pairs:
+    """(image, output) pairs to explain, with their inputs and ground truth.
+
+    Attributes
+    ----------
+    images : Tensor (P, 3, H, W)
+    targets : Tensor of int64 (P,)
+    masks : Tensor of bool (P, H, W)
+        Ground truth of the pair's output.
+    image_ids : list of str
+    class_names : list of str
+        Name of each output index.
+    """
+
+    images: Tensor
+    targets: Tensor
+    masks: Tensor
+    image_ids: List[str]
+    class_names: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def items_with(dataset, key: str, n: int) -> List[int]:
+    """Indices of the first ``n`` items with at least one positive ``key`` label.
+
+    Uses ``dataset.targets(key)`` (no image rendered) when the dataset has it.
+    """
+    labels = dataset.targets(key) if hasattr(dataset, "targets") else torch.stack([item[key] for item in dataset])
+    positive = torch.nonzero((labels > 0.5).flatten(1).any(1)).flatten().tolist()
+    return positive[:n]
+
+
+def finding_pairs(dataset, indices: Sequence[int], class_names: Sequence[str]) -> Pairs:
+    """One pair per positive finding of each NIH-style item (``labels``, ``masks``)."""
+    images, targets, masks, ids = [], [], [], []
+    for index in indices:
+        item = dataset[index]
+        for k in torch.nonzero(item["labels"] > 0.5).flatten().tolist():
+            if item["masks"][k].any():
+                images.append(item["image"])
+                targets.append(k)
+                masks.append(item["masks"][k])
+                ids.append(item["image_id"])
+    return _pairs(images, targets, masks, ids, class_names)
+
+
+def detector_pairs(dataset, indices: Sequence[int], class_names: Sequence[str]) -> Pairs:
+    """One pair per positive BrixIA detector: the zones scored 3, 2, or 0-1."""
+    images, targets, masks, ids = [], [], [], []
+    for index in indices:
+        item = dataset[index]
+        scores = item["zone_scores"]
+        zones_of = [scores == 3, scores == 2, scores <= 1]
+        for k in torch.nonzero(item["detectors"] > 0.5).flatten().tolist():
+            mask = item["zone_masks"][zones_of[k]].any(0)
+            if mask.any():
+                images.append(item["image"])
+                targets.append(k)
+                masks.append(mask)
+                ids.append(item["image_id"])
+    return _pairs(images, targets, masks, ids, class_names)
+
+
+def _pairs(images, targets, masks, ids, class_names) -> Pairs:
+    if not images:
+        raise ValueError("the evaluation items hold no positive finding to explain: use more images")
+    return Pairs(torch.stack(images), torch.tensor(targets), torch.stack(masks), ids, list(class_names))
+
+
+@dataclass
+class MethodMaps:
+    """Maps of one method for every pair, and the seconds they took."""
+
+    maps: Tensor
+    seconds: float
+
+    @property
+    def seconds_per_map(self) -> float:
+        return self.seconds / max(1, len(self.maps))
+
+
+def attribute_all(
+    suite: MethodSuite,
+    methods: Sequence[str],
+    images: Tensor,
+    targets: Optional[Tensor],
+    settings: EvaluationSettings,
+    progress: bool = True,
+    target_values: Optional[Tensor] = None,
+    **options,
+) -> Dict[str, MethodMaps]:
+    """Each method's maps for all images, batched, with wall-clock seconds.
+
+    ``targets`` None attributes a single-output regressor; ``target_values``
+    (one score per image) goes to Regression IBA's ``"mse"`` loss; ``options``
+    go to every method call (e.g. ``loss=`` for Regression IBA).
+    """
+    results = {}
+    for name in methods:
+        batches = []
+        start = time.perf_counter()
+        for lo in tqdm(range(0, len(images), settings.batch_size), desc=METHODS[name].label,
+                       disable=not progress, leave=False):
+            hi = lo + settings.batch_size
+            target = None if targets is None else targets[lo:hi]
+            if target_values is not None:
+                options["target_values"] = target_values[lo:hi]
+            batches.append(suite.attribute(name, images[lo:hi], target, seed=settings.seed, **options))
+        results[name] = MethodMaps(torch.cat(batches), time.perf_counter() - start)
+    return results
+
+
+def localisation_scores(
+    model,
+    pairs: Pairs,
+    method_maps: Dict[str, MethodMaps],
+    settings: EvaluationSettings,
+    progress: bool = True,
+    perturbation: bool = True,
+) -> Dict[str, dict]:
+    """IoU (mean and per class), pointing game, insertion/deletion AUC and time per method.
+
+    ``perturbation=False`` skips the insertion/deletion curves (the costly
+    part: ``2 * insertion_steps`` forward passes per map).
+
+    Returns
+    -------
+    dict
+        method -> {"iou", "pointing", "insertion_auc", "deletion_auc",
+        "seconds_per_map", "class_iou": {class: IoU}, "class_pointing": {...}}
+    """
+    size = pairs.images.shape[-1]
+    tolerance = max(1, round(settings.pointing_tolerance * size / 224))
+    n_classes = len(pairs.class_names)
+    scores = {}
+    for name, result in tqdm(method_maps.items(), desc="metrics", disable=not progress, leave=False):
+        maps = result.maps
+        iou = localization_iou(maps, pairs.masks, threshold=IOU_THRESHOLD, labels=pairs.targets, num_classes=n_classes)
+        pointing = pointing_game(maps, pairs.masks, tolerance=tolerance, labels=pairs.targets, num_classes=n_classes)
+        scores[name] = {
+            "iou": _mean(iou.iou),
+            "pointing": float(pointing.accuracy),
+            "seconds_per_map": result.seconds_per_map,
+            "class_iou": dict(zip(pairs.class_names, _floats(iou.class_iou))),
+            "class_pointing": dict(zip(pairs.class_names, _floats(pointing.class_accuracy))),
+        }
+        if perturbation:
+            curves = insertion_deletion(
+                model, pairs.images, maps, pairs.targets, n_steps=settings.insertion_steps,
+                output_transform="sigmoid", max_examples_per_batch=256,
+            )
+            scores[name].update(insertion_auc=_mean(curves.insertion_auc), deletion_auc=_mean(curves.deletion_auc))
+    return scores
+
+
+def regression_scores(
+    model,
+    images: Tensor,
+    severity_maps: Tensor,
+    method_maps: Dict[str, MethodMaps],
+    settings: EvaluationSettings,
+    sensitivity_methods: Sequence[str],
+    progress: bool = True,
+) -> Dict[str, dict]:
+    """Severity-map Pearson correlation per method, sensitivity-N for some of them.
+
+    Returns
+    -------
+    dict
+        method -> {"pcc", "seconds_per_map", and for ``sensitivity_methods``
+        "sensitivity_n": {n: mean correlation}}
+    """
+    pixels = images.shape[-1] * images.shape[-2]
+    ns = sorted({min(n, pixels - 1) for n in settings.sensitivity_ns})
+    scores = {}
+    for name, result in tqdm(method_maps.items(), desc="metrics", disable=not progress, leave=False):
+        scores[name] = {
+            "pcc": _mean(map_correlation(result.maps, severity_maps)),
+            "seconds_per_map": result.seconds_per_map,
+        }
+        if name in sensitivity_methods:
+            correlations = sensitivity_n(
+                model, images, result.maps, None, n=ns, num_masks=settings.sensitivity_masks,
+                seed=settings.seed, max_examples_per_batch=256,
+            )
+            scores[name]["sensitivity_n"] = {int(n): _mean(correlations[:, j]) for j, n in enumerate(ns)}
+    return scores
+
+
+def component_coverage(maps: Tensor, masks: Tensor) -> Tuple[float, int]:
+    """Mean fraction of a ground truth's separate parts that the thresholded map reaches.
+
+    Only pairs whose ground truth has two or more connected parts count
+    (bilateral effusion, two nodules): there, a map marking one part covers
+    half, a map marking all covers 1.
+
+    Parameters
+    ----------
+    maps : Tensor (P, 1, h, w)
+    masks : Tensor of bool (P, H, W)
+
+    Returns
+    -------
+    (coverage, pairs)
+        The mean coverage (NaN when no pair has several parts) and how many
+        pairs counted.
+    """
+    binary = binarize(resize_map(maps, masks.shape[-2:]), IOU_THRESHOLD)[:, 0].numpy()
+    coverages = []
+    for on, mask in zip(binary, masks.numpy()):
+        parts = connected_components(mask)
+        if parts.max() >= 2:
+            coverages.append(np.mean([on[parts == p].any() for p in range(1, parts.max() + 1)]))
+    return (float(np.mean(coverages)) if coverages else float("nan")), len(coverages)
+
+
+def random_maps(like: Tensor, seed: int) -> Tensor:
+    """Uniform random maps shaped like ``like``: the chance level of a metric."""
+    return torch.rand(like.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _mean(values: Tensor) -> float:
+    values = values.detach().double()
+    values = values[~torch.isnan(values)]
+    return float(values.mean()) if values.numel() else float("nan")
+
+
+def _floats(values: Tensor) -> List[float]:
+    return [float(v) for v in values.detach().double()]
