@@ -52,8 +52,9 @@ def gaussian_kernel_1d(sigma: float, dtype=torch.float32, device=None) -> Tensor
 def smooth(lam: Tensor, sigma: Optional[float]) -> Tensor:
     """Blur ``lam`` spatially, per channel, with a Gaussian of std ``sigma``.
 
-    Separable depthwise convolution with reflection padding, so the blurred
-    map keeps its shape and stays in [0, 1].
+    Separable, with reflection padding, so the blurred map keeps its shape
+    and stays in [0, 1]. Near a side shorter than the kernel the kernel is
+    cut to fit and renormalised.
 
     Parameters
     ----------
@@ -67,18 +68,21 @@ def smooth(lam: Tensor, sigma: Optional[float]) -> Tensor:
     """
     if not sigma:
         return lam
-    kernel = gaussian_kernel_1d(sigma, lam.dtype, lam.device)
-    n, c, h, w = lam.shape
-    x = lam.reshape(n * c, 1, h, w)
-    if h > 1:
-        row = _fit_kernel(kernel, h)
-        pad = row.numel() // 2
-        x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), row.view(1, 1, -1, 1))
-    if w > 1:
-        column = _fit_kernel(kernel, w)
-        pad = column.numel() // 2
-        x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), column.view(1, 1, 1, -1))
-    return x.reshape(n, c, h, w)
+    kernel = gaussian_kernel_1d(sigma, torch.float64)
+    for dim in (2, 3):
+        if lam.shape[dim] > 1:
+            lam = _blur_along(lam, _fit_kernel(kernel, lam.shape[dim]), dim)
+    return lam
+
+
+def _blur_along(x: Tensor, kernel: Tensor, dim: int) -> Tensor:
+    """Convolve ``x`` (N, C, h, w) with a 1-D ``kernel`` along ``dim`` (2 or 3), reflecting."""
+    radius = kernel.numel() // 2
+    pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
+    padded = F.pad(x, pad, mode="reflect")
+    # A weighted sum of shifted views: depthwise convolution with one input
+    # channel per map is several times slower on CPUs, backward above all.
+    return sum(float(weight) * padded.narrow(dim, i, x.shape[dim]) for i, weight in enumerate(kernel))
 
 
 def _fit_kernel(kernel: Tensor, side: int) -> Tensor:
@@ -167,9 +171,11 @@ def noisy_features(
     Tensor, shape (N * B, C, h, w)
         Sample-major: rows ``i * B ... (i + 1) * B - 1`` belong to sample ``i``.
     """
-    z = lam.unsqueeze(1) * features.unsqueeze(1) + (1 - lam.unsqueeze(1)) * noise
     if active is not None:
-        z = z * active
+        # Masking the per-sample inputs is cheap; masking Z would touch N * B maps.
+        features, noise = features * active, noise * active
+    # lam * F + (1 - lam) * eps, written with one N * B-sized product.
+    z = torch.addcmul(noise, lam.unsqueeze(1), features.unsqueeze(1) - noise)
     if relu:
         z = z.clamp(min=0)
     return z.flatten(0, 1)

@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=run_train)
+
+    from . import scale
+
+    attribute = commands.add_parser("attribute", help="one method's maps for a whole dataset (sharded, resumable)",
+                                    description=scale.DESCRIPTION)
+    scale.add_arguments(attribute)
+    attribute.set_defaults(run=scale.run)
     return parser
 
 

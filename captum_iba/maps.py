@@ -258,7 +258,10 @@ def binarize(maps, threshold):
         keep.scatter_(1, rank_pixels(maps)[:, :n_keep], True)
     else:
         keep = torch.zeros_like(flat, dtype=torch.bool)
-        for i, row in enumerate(flat.cpu().numpy()):
+        for i, row in enumerate(flat.cpu().double().numpy()):
             if row.min() < row.max():
+                # Otsu is affine-invariant; rescaling to [0, 1] keeps its histogram
+                # well-defined when the values span a tiny range far from zero.
+                row = (row - row.min()) / (row.max() - row.min())
                 keep[i] = torch.from_numpy(row > threshold_otsu(row))
     return keep.view(n, 1, height, width)

@@ -183,3 +183,10 @@ def test_binarize_otsu_separates_two_levels_and_empties_constant_maps():
     assert torch.equal(kept, expected)
     assert torch.equal(kept, torch.from_numpy(maps[0].numpy() > threshold_otsu(maps[0].numpy())))
     assert not binarize(torch.full((2, 5, 5), 0.3), "otsu").any()
+
+
+def test_otsu_on_a_tiny_range_far_from_zero():
+    # float32 values 1e-7 apart around 1.0: skimage's histogram alone cannot bin them.
+    maps = torch.full((1, 1, 4, 4), 1.0, dtype=torch.float32)
+    maps[..., :2, :] += 2e-7
+    assert torch.equal(binarize(maps, "otsu")[0, 0, :, 0], torch.tensor([True, True, False, False]))

@@ -9,6 +9,7 @@ a SHA-256 digest of it all; :func:`load_model` rebuilds the model from it.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict
 
@@ -59,7 +60,9 @@ def load_model(path) -> nn.Module:
     path = Path(os.fspath(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    loaded = load_checkpoint(path)
+    with warnings.catch_warnings():  # its "will be rebuilt" warning is for the cache, not a user's file
+        warnings.simplefilter("ignore", RuntimeWarning)
+        loaded = load_checkpoint(path)
     if loaded is None or "task" not in loaded[1]:
         raise ValueError(f"{path} is not a readable captum_iba checkpoint (written by `captum-iba train`)")
     state_dict, meta = loaded

@@ -1,0 +1,138 @@
+"""`captum-iba demo` end to end at a tiny size, and the command's errors."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from captum_iba.cli import main
+from captum_iba.cxr import small_densenet
+from captum_iba.cxr.checkpoints import save_model
+from captum_iba.methods import METHODS
+from test_cxr_readers import brixia_root, nih_root  # noqa: F401 (fixtures: real-format folders)
+
+TINY = ["--size", "32", "--train-images", "64", "--epochs", "1", "--images", "4", "--auc-images", "16",
+        "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4", "--extremal-iterations", "2",
+        "--quiet"]
+FIGURES = ["fig1_inverse_vs_iba.png", "fig2_insertion_deletion.png", "fig3a_regression.png",
+           "fig3b_sensitivity_n.png", "fig4_methods.png"]
+TABLES = ["table1_nih.csv", "table2_detectors.csv", "table3_bce_vs_weighted.csv", "severity_pcc.csv"]
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    os.environ["CAPTUM_IBA_CACHE"] = str(root / "cache")  # never the user's cache
+    try:
+        runs = []
+        for name in ("first", "second"):
+            assert main(["demo", *TINY, "--out", str(root / name)]) == 0
+            runs.append(root / name)
+        yield runs
+    finally:
+        del os.environ["CAPTUM_IBA_CACHE"]
+
+
+def _finite(value):
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def test_every_table_and_figure_with_finite_numbers_for_every_method(demo_runs):
+    out = demo_runs[0]
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    for name in TABLES:
+        assert len((out / name).read_text().splitlines()) >= 3, name
+    results = json.loads((out / "results.json").read_text())
+    classification = [k for k, v in METHODS.items() if "classification" in v.tasks]
+    nih = results["nih"]["scores"]
+    assert sorted(nih) == sorted(classification)  # TorchRay's methods included
+    for method, scores in nih.items():
+        for metric in ("iou", "pointing", "insertion_auc", "deletion_auc", "seconds_per_map"):
+            assert _finite(scores[metric]), (method, metric)
+    assert sorted(results["detectors"]["scores"]) == sorted(classification)
+    assert all(_finite(v["iou"]) for v in results["detectors"]["scores"].values())
+    regression = results["regression"]["scores"]
+    for loss in ("mse", "maximize", "deviation"):
+        scores = regression[f"regression_{loss}"]
+        assert _finite(scores["pcc"]) and all(_finite(v) for v in scores["sensitivity_n"].values())
+    assert _finite(regression["random"]["pcc"])
+    assert all(_finite(results["table3"][m][k]) for m in ("bce", "weighted_bce") for k in ("iou", "mean_auc"))
+    assert len(results["claims"]) == 4
+    assert {c["verdict"] for c in results["claims"]} <= {"held", "did not hold", "not measurable here"}
+    report = (out / "report.md").read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Severity-map correlation", "Sensitivity-N",
+                    "claims", "Seconds per map", "Figures"):
+        assert heading in report, heading
+    for name in FIGURES:
+        assert f"({name})" in report
+
+
+def test_same_seed_same_numbers(demo_runs):
+    def numbers(path):
+        results = json.loads((path / "results.json").read_text())
+        for study in ("nih", "detectors", "regression"):
+            for scores in results[study]["scores"].values():
+                scores.pop("seconds_per_map")
+        return {k: results[k] for k in ("nih", "detectors", "regression", "table3", "claims")}
+
+    assert numbers(demo_runs[0]) == numbers(demo_runs[1])
+
+
+def test_evaluate_errors(tmp_path, capsys):
+    missing = tmp_path / "missing.pt"
+    assert main(["evaluate", "--dataset", "nih", "--root", str(tmp_path), "--checkpoint", str(missing)]) == 2
+    assert f"checkpoint not found: {missing}" in capsys.readouterr().err
+    checkpoint = tmp_path / "model.pt"
+    save_model(small_densenet(8), checkpoint, task="nih", architecture={"name": "small_densenet"}, input_size=32)
+    absent = tmp_path / "no-such-folder"
+    assert main(["evaluate", "--dataset", "nih", "--root", str(absent), "--checkpoint", str(checkpoint)]) == 2
+    assert str(absent) in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", "brixia", "--root", str(tmp_path), "--checkpoint", str(checkpoint)]) == 2
+    assert "'nih' model" in capsys.readouterr().err  # the default brixia task needs a regressor
+    not_a_checkpoint = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(1)}, not_a_checkpoint)
+    assert main(["evaluate", "--dataset", "nih", "--root", str(tmp_path), "--checkpoint", str(not_a_checkpoint)]) == 2
+    assert "not a readable captum_iba checkpoint" in capsys.readouterr().err
+
+
+def test_train_writes_a_checkpoint_that_evaluate_loads(tmp_path, monkeypatch):
+    from captum_iba.cxr.checkpoints import load_model
+
+    out = tmp_path / "detectors.pt"
+    assert main(["train", "--task", "brixia_detectors", "--images", "32", "--size", "32", "--epochs", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    model = load_model(out)
+    assert model.task == "brixia_detectors" and model.input_size == 32
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def _tiny_checkpoint(path, task, outputs):
+    torch.manual_seed(0)
+    save_model(small_densenet(outputs), path, task=task, architecture={"name": "small_densenet"}, input_size=32)
+    return str(path)
+
+
+QUICK = ["--images", "4", "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4",
+         "--extremal-iterations", "2", "--quiet"]
+
+
+def test_evaluate_on_real_data_folders(nih_root, brixia_root, tmp_path):
+    checkpoint = _tiny_checkpoint(tmp_path / "nih.pt", "nih", 8)
+    out = tmp_path / "nih-report"
+    assert main(["evaluate", "--dataset", "nih", "--root", str(nih_root), "--checkpoint", checkpoint,
+                 "--out", str(out), *QUICK]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["nih"]["pairs"] == 2  # the test split's boxed findings: Infiltration (two boxes), Nodule
+    assert all(_finite(v["iou"]) for v in results["nih"]["scores"].values())
+
+    checkpoint = _tiny_checkpoint(tmp_path / "brixia.pt", "brixia_regression", 1)
+    out = tmp_path / "brixia-report"
+    assert main(["evaluate", "--dataset", "brixia", "--root", str(brixia_root), "--checkpoint", checkpoint,
+                 "--out", str(out), *QUICK]) == 0
+    report = (out / "report.md").read_text()
+    assert "no severity map" in report  # BrixIA ships no lung masks: said, not faked
+    results = json.loads((out / "results.json").read_text())
+    assert all(_finite(v) for v in results["regression"]["scores"]["regression_deviation"]["sensitivity_n"].values())
