@@ -88,6 +88,16 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def subset(self, indices: Sequence[int]) -> "Pairs":
+        """The pairs at ``indices``, in that order."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return Pairs(self.images[index], self.targets[index], self.masks[index],
+                     [self.image_ids[i] for i in index.tolist()], self.class_names)
+
+    def multipart(self) -> List[int]:
+        """Indices of the pairs whose ground truth has two or more separate parts."""
+        return [i for i, mask in enumerate(self.masks.numpy()) if connected_components(mask).max() >= 2]
+
 
 def items_with(dataset, key: str, n: int) -> List[int]:
     """Indices of the first ``n`` items with at least one positive ``key`` label.
