@@ -30,7 +30,7 @@ from torch import Tensor
 _MIN_VARIANCE = 1e-8
 
 
-def gaussian_kernel_1d(sigma: float, dtype=torch.float32, device=None) -> Tensor:
+def gaussian_kernel_1d(sigma: float) -> Tensor:
     """Normalised 1-D Gaussian kernel of size ``2 * round(2 * sigma) + 1``.
 
     Parameters
@@ -40,13 +40,13 @@ def gaussian_kernel_1d(sigma: float, dtype=torch.float32, device=None) -> Tensor
 
     Returns
     -------
-    Tensor, shape (K,)
+    Tensor, shape (K,), float64
         Weights summing to 1.
     """
     radius = int(round(2 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return (weights / weights.sum()).to(dtype=dtype, device=device)
+    return weights / weights.sum()
 
 
 def smooth(lam: Tensor, sigma: Optional[float]) -> Tensor:
@@ -68,7 +68,7 @@ def smooth(lam: Tensor, sigma: Optional[float]) -> Tensor:
     """
     if not sigma:
         return lam
-    kernel = gaussian_kernel_1d(sigma, torch.float64)
+    kernel = gaussian_kernel_1d(sigma)
     for dim in (2, 3):
         if lam.shape[dim] > 1:
             lam = _blur_along(lam, _fit_kernel(kernel, lam.shape[dim]), dim)

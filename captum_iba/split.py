@@ -312,14 +312,17 @@ def _suffix_graph(
     return suffix
 
 
+SPLIT_MODES = ("auto", "fx", "hooks")
+
+
 def make_split(forward_func: Callable, layer: nn.Module, mode: str = "auto"):
     """Build the split for ``mode`` in ``"auto"``, ``"fx"`` or ``"hooks"``.
 
     ``"auto"`` traces an ``nn.Module`` ``forward_func`` and falls back to hooks
     when tracing or cutting fails; functions always use hooks.
     """
-    if mode not in ("auto", "fx", "hooks"):
-        raise ValueError(f"split must be 'auto', 'fx' or 'hooks', got {mode!r}")
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split must be one of {SPLIT_MODES}, got {mode!r}")
     if mode == "hooks":
         return HookSplit(forward_func, layer)
     if not isinstance(forward_func, nn.Module):

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from _toys import ResidualNet, SmallCNN, UntraceableNet
-from captum_iba import IBA, FeatureStats, InverseIBA
+from captum_iba import IBA, InverseIBA
 from captum_iba.stats import estimate_stats
 
 

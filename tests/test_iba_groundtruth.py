@@ -8,7 +8,6 @@ those, the bits leave the informative region (measured while writing them).
 """
 
 import pytest
-import torch
 
 from _toys import RegionModel, background, region_mask, with_findings
 from captum_iba import IBA, InverseIBA

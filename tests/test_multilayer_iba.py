@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from _toys import SmallCNN, tiny_densenet
 from captum_iba import IBA, InverseIBA, MultiLayerIBA

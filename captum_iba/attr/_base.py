@@ -26,7 +26,7 @@ from tqdm.auto import trange
 
 from ..bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features, to_bits
 from ..objectives import CLASSIFICATION_LOSSES, Objective, get_objective, select_outputs
-from ..split import check_layer_in_model, frozen_model, make_split
+from ..split import SPLIT_MODES, check_layer_in_model, frozen_model, make_split
 from ..stats import FeatureStats, estimate_stats
 
 
@@ -202,8 +202,8 @@ class BottleneckAttribution(LayerAttribution):
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         check_layer_in_model(forward_func, layer)
-        if split not in ("auto", "fx", "hooks"):
-            raise ValueError(f"split must be 'auto', 'fx' or 'hooks', got {split!r}")
+        if split not in SPLIT_MODES:
+            raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
         super().__init__(forward_func, layer)
         self.options = BottleneckOptions(
             beta=self._default_beta if beta is None else beta,
