@@ -263,3 +263,12 @@ def test_bad_input(cnn, tmp_path):
         IBA(model, model.layer, stats="stats.pt")
     with pytest.raises(ValueError, match="split"):
         IBA(model, model.layer, split="graph")
+
+
+def test_attribute_under_no_grad_equals_attribute(cnn):
+    model, stats = cnn
+    iba = IBA(model, model.layer, stats=stats)
+    x = _inputs(2)
+    with torch.no_grad():
+        inside = iba.attribute(x, target=1, seed=0)
+    assert torch.equal(inside, iba.attribute(x, target=1, seed=0))

@@ -314,6 +314,7 @@ class BottleneckAttribution(LayerAttribution):
             return bits.to(device), lam.to(device)
         return bits.to(device)
 
+    @torch.enable_grad()  # also when the caller runs under torch.no_grad()
     def _optimise(
         self,
         split,
