@@ -37,6 +37,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import zarr
 
+from ._files import atomic_path, fsync_dir
 from .stats import FeatureStats
 
 __all__ = [
@@ -69,15 +70,6 @@ class StoreError(Exception):
 # Durable writes.
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a folder's entries (new, renamed or removed files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """fsync every file and folder under ``path`` (a Zarr array just written)."""
     for folder, _, files in os.walk(path, topdown=False):
@@ -87,23 +79,13 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(folder))
+        fsync_dir(Path(folder))
 
 
 def _write_json(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON atomically: a temporary file in the same folder, fsync, rename."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file, indent=1, sort_keys=True)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=1, sort_keys=True))
 
 
 def _append_lines(path: Path, rows: Sequence[dict], durable: bool) -> None:
@@ -118,7 +100,7 @@ def _append_lines(path: Path, rows: Sequence[dict], durable: bool) -> None:
     finally:
         os.close(fd)
     if durable and new:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _read_lines(path: Path) -> List[dict]:
@@ -224,7 +206,7 @@ def _remove(path: Path) -> None:
     """Remove a folder of the store: renamed away first, so that no half-removed folder remains in use."""
     trash = path.parent / f"{_SCRATCH}{secrets.token_hex(4)}"
     os.replace(path, trash)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(trash)
 
 
@@ -297,7 +279,7 @@ def _create_method_folder(folder: Path, config: dict) -> None:
     (scratch / _INDEX).mkdir()
     _fsync_tree(scratch)
     os.replace(scratch, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
 
 
 # One method's maps.
@@ -422,7 +404,7 @@ class BatchWriter:
         array = zarr.open_array(store=str(path), mode="w", shape=maps.shape, chunks=maps.shape, dtype=maps.dtype)
         array[...] = maps
         _fsync_tree(path)
-        _fsync_dir(self.store.maps_dir)
+        fsync_dir(self.store.maps_dir)
         shape = list(maps.shape[1:])
         rows = [{"status": "done", "batch": batch, "array": name, "row": row, "maps": len(keys),
                  "image_id": image_id, "method": self.store.method, "target": target, "shape": shape}

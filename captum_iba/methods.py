@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attr import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
+from .attr._base import format_target
 from .maps import as_map_batch
 from .stats import FeatureStats, estimate_stats
 
@@ -190,7 +191,8 @@ class MethodSuite:
         if name in self.ours:
             maps = self.ours[name].attribute(images, target, seed=seed, **options)
         else:
-            maps = getattr(self, f"_{name}")(images, _target_tensor(target, images.shape[0]), **options)
+            target = format_target(target, images.shape[0], images.device)
+            maps = getattr(self, f"_{name}")(images, target, **options)
         return as_map_batch(maps, images.shape[0])
 
     # Baselines: each through its library's public API.
@@ -246,14 +248,6 @@ class MethodSuite:
             )
             masks.append(mask)
         return torch.cat(masks)
-
-
-def _target_tensor(target, n: int):
-    """Captum's target forms as an int, None, or a tensor with one index per sample."""
-    if target is None or isinstance(target, int):
-        return target
-    target = torch.as_tensor(target, dtype=torch.long)
-    return target.expand(n) if target.dim() == 0 else target
 
 
 def _torchray_target(target):

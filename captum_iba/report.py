@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import viz
+from ._files import atomic_path
 from .cxr import DETECTORS, FINDINGS, evaluate
 from .evaluation import (
     IOU_THRESHOLD,
@@ -441,7 +442,5 @@ def _json_default(value):
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as file:
-        file.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)

@@ -171,9 +171,8 @@ class HookSplit:
         )
         return features, (inputs, additional_forward_args)
 
-    def expand(self, context, n: int, repeats: int):
-        """The context for a batch with every sample repeated ``repeats`` times."""
-        return expand_per_sample(context, n, repeats)
+    #: The context for a batch with every sample repeated: ``expand(context, n, repeats)``.
+    expand = staticmethod(expand_per_sample)
 
     def outputs(self, z: Tensor, context) -> Tensor:
         """Model outputs with the layer's output replaced by ``z``."""
@@ -255,9 +254,8 @@ class FxSplit:
         check_feature_map(features, self.layer)
         return features.detach(), tuple(_detach(value) for value in carried)
 
-    def expand(self, context, n: int, repeats: int):
-        """The carried values for a batch with every sample repeated ``repeats`` times."""
-        return expand_per_sample(context, n, repeats)
+    #: The carried values for a batch with every sample repeated: ``expand(context, n, repeats)``.
+    expand = staticmethod(expand_per_sample)
 
     def outputs(self, z: Tensor, context) -> Tensor:
         """Model outputs computed from ``z`` by the suffix alone."""

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._files import atomic_path
 from .split import capture_layer_outputs, frozen_model
 
 _FORMAT = "captum_iba.FeatureStats/1"
@@ -96,16 +97,10 @@ class FeatureStats:
     def save(self, path: str | os.PathLike) -> None:
         """Write the statistics to ``path`` atomically (temp file, then rename)."""
         self._require_data()
-        path = os.fspath(path)
         payload = {"format": _FORMAT, "count": self.count}
         payload.update({key: getattr(self, key) for key in _TENSOR_KEYS})
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path) as temporary:
+            torch.save(payload, temporary)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ._files import atomic_path
 from .maps import as_map_batch, resize_map
 
 
@@ -128,7 +129,6 @@ def curves(x: Sequence[float], ys: Mapping[str, Sequence[float]], *, xlabel: str
 
 def _save(figure: Figure, path: Optional[str]) -> Figure:
     if path is not None:
-        tmp = f"{path}.tmp-{os.getpid()}.png"
-        figure.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=os.path.splitext(path)[1][1:] or "png")
     return figure

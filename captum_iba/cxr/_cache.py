@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
+
+from .._files import atomic_path
 
 __all__ = ["cache_dir", "save_checkpoint", "load_checkpoint"]
 
@@ -60,16 +61,8 @@ def save_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Ma
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {key: value.detach().cpu() for key, value in state_dict.items()}
     payload = {"format": _FORMAT, "state_dict": state_dict, "meta": dict(meta), "sha256": _digest(state_dict, meta)}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_checkpoint(path: Path) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
