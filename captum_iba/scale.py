@@ -47,7 +47,7 @@ from . import __version__
 from .cxr import PhantomCXR, collate
 from .cxr.checkpoints import TASKS
 from .cxr.sources import DATASETS, open_dataset, open_model
-from .io import BatchWriter, MethodStore, StoreError, check_out_dir, open_method_store
+from .app.store import BatchWriter, MethodStore, StoreError, check_out_dir, open_method_store
 from .maps import parse_threshold
 from .methods import METHODS, MethodSuite
 from .stats import FeatureStats, estimate_stats

@@ -1,4 +1,4 @@
-"""The attribute store (captum_iba.io) and the sharding of a run, without a model."""
+"""The attribute store (captum_iba.app.store) and the sharding of a run, without a model."""
 
 import json
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_iba import io
-from captum_iba.io import BatchWriter, StoreError, check_out_dir, open_method_store, read_index, read_maps
+from captum_iba.app import store as io
+from captum_iba.app.store import BatchWriter, StoreError, check_out_dir, open_method_store, read_index, read_maps
 from captum_iba.scale import batch_seed, shard
 
 CONFIG = {"method": "iba", "options": {"steps": 10}, "seed": 0}

@@ -20,7 +20,7 @@ import torch
 from captum_iba.cxr import PhantomCXR, collate
 from captum_iba.cxr.checkpoints import save_model
 from captum_iba.cxr.sources import open_model
-from captum_iba.io import MethodStore, read_index, read_maps
+from captum_iba.app.store import MethodStore, read_index, read_maps
 from captum_iba.methods import MethodSuite
 from captum_iba.scale import FAIL_AFTER_ENV, batch_seed, main
 from captum_iba.stats import FeatureStats
@@ -263,7 +263,7 @@ def test_another_tools_folder_is_refused(tmp_path, capsys):
 def test_an_out_folder_that_cannot_be_created_is_refused_by_path(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "out"
-    assert f"--out {out}: cannot be created" in run_error(capsys, iba_argv(out))
+    assert f"{out}: cannot be created" in run_error(capsys, iba_argv(out))
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
@@ -272,6 +272,6 @@ def test_a_read_only_out_folder_is_refused_by_path(tmp_path, capsys):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        assert f"--out {locked} is not writable" in run_error(capsys, iba_argv(locked))
+        assert f"{locked} is not writable" in run_error(capsys, iba_argv(locked))
     finally:
         locked.chmod(0o755)
