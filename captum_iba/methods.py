@@ -1,4 +1,11 @@
-"""Every attribution method of the comparison, behind one call.
+"""Every attribution method of the comparison: one registry, one suite.
+
+:data:`METHODS` is the registry, one :class:`Method` entry per method (its
+label, family, the tasks it explains, the run options that apply, and a
+factory). Everything that lists methods reads it: the ``captum-iba`` command's
+choices, the attribute runner, the report, and :mod:`captum_iba.torchray`.
+Adding a method is one :func:`register_method` call (or one entry here) plus
+the module that implements it; see the README's "Extending" section.
 
 :class:`MethodSuite` sets the methods up once for a model -- the IBA family
 with feature statistics estimated in one pass, Captum's LayerGradCam,
@@ -18,41 +25,201 @@ function; the user's model is not touched.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._validate import format_target, resolve_layer
 from .attr import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
-from .attr._base import format_target
 from .maps import as_map_batch
 from .stats import FeatureStats, estimate_stats
 
+__all__ = ["Method", "METHODS", "register_method", "MethodSuite", "inplace_free_copy",
+           "DEFAULT_LAYER", "DEFAULT_MULTILAYER_LAYERS", "DEFAULT_CAM_LAYER", "DEFAULT_THRESHOLD"]
+
+#: The IBA family's layer on the paper's DenseNet-121 at 224 px (a 14x14 grid).
+DEFAULT_LAYER = "features.denseblock3"
+#: Multi-layer IBA's layers: the outputs of dense blocks 1-3, as the paper.
+DEFAULT_MULTILAYER_LAYERS = ("features.denseblock1", "features.denseblock2", "features.denseblock3")
+#: Grad-CAM's layer: the last feature map.
+DEFAULT_CAM_LAYER = "features.norm5"
+DEFAULT_THRESHOLD = "top:0.3"
+
+#: The options of an IBA-family method that a run may set (``captum-iba attribute --beta ...``).
+BOTTLENECK_OPTIONS = ("layer", "beta", "steps", "noise_draws")
+
 
 @dataclass(frozen=True)
-class MethodInfo:
-    """What a method is: its display name, its family and the tasks it explains."""
+class Method:
+    """One attribution method: what it is and how the suite builds it.
+
+    Attributes
+    ----------
+    label : str
+        Display name in tables and figures.
+    family : str
+        ``"captum_iba"``, ``"captum"`` or ``"torchray"``: whose implementation runs
+        (recorded with the library version in a store's configuration).
+    tasks : tuple of str
+        The models it explains: ``"classification"``, ``"regression"``.
+    build : callable
+        ``build(suite) -> attribute``. For the IBA family (``attribution`` set),
+        ``attribute(images, target, *, seed, **options)``; for the others
+        ``attribute(images, target, **options)`` with ``target`` already a
+        per-sample tensor (or an int). Either returns maps ``(N, ...)``.
+    layers : str
+        Whose feature statistics it needs: ``"bottleneck"`` (the suite's layer),
+        ``"multilayer"`` (the suite's multi-layer list) or ``""`` (none).
+    options : tuple of str
+        The run options that apply (``layer``, ``beta``, ``steps``,
+        ``noise_draws``, ``threshold``, ``loss``); others are refused.
+    attribution : type, optional
+        Its Captum ``LayerAttribution`` class, for the IBA family.
+    function : str, optional
+        Its name in :mod:`captum_iba.torchray`, where it has a TorchRay-style function.
+    """
 
     label: str
-    family: str  # "captum_iba", "captum" or "torchray"
-    tasks: tuple = ("classification", "regression")
+    family: str
+    tasks: Tuple[str, ...]
+    build: Callable[["MethodSuite"], Callable[..., Tensor]]
+    layers: str = ""
+    options: Tuple[str, ...] = ()
+    attribution: Optional[type] = None
+    function: Optional[str] = None
+    defaults: dict = field(default_factory=dict)
 
 
-METHODS: Dict[str, MethodInfo] = {
-    "iba": MethodInfo("IBA", "captum_iba", ("classification",)),
-    "inverse": MethodInfo("Inverse IBA", "captum_iba", ("classification",)),
-    "multilayer": MethodInfo("Multi-layer IBA", "captum_iba", ("classification",)),
-    "regression": MethodInfo("Regression IBA", "captum_iba", ("regression",)),
-    "gradcam": MethodInfo("Grad-CAM (Captum)", "captum"),
-    "integrated_gradients": MethodInfo("Integrated Gradients (Captum)", "captum"),
-    "lrp": MethodInfo("LRP (Captum)", "captum"),
-    "saliency": MethodInfo("Saliency (Captum)", "captum"),
-    "torchray_gradcam": MethodInfo("Grad-CAM (TorchRay)", "torchray"),
-    "excitation_backprop": MethodInfo("Excitation Backprop (TorchRay)", "torchray"),
-    "extremal_perturbation": MethodInfo("Extremal Perturbation (TorchRay)", "torchray"),
-}
+METHODS: Dict[str, Method] = {}
+
+
+def register_method(name: str, method: Method) -> Method:
+    """Add ``method`` to :data:`METHODS` under ``name`` (a new name; returns ``method``)."""
+    if not isinstance(name, str) or not name.replace("_", "").isalnum():
+        raise ValueError(f"name must be a word of letters, digits and underscores, got {name!r}")
+    if name in METHODS:
+        raise ValueError(f"a method named {name!r} is registered already")
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a captum_iba.methods.Method, got {type(method).__name__}")
+    METHODS[name] = method
+    return method
+
+
+# Builders of the IBA family: the class at the suite's layer(s), the suite's options.
+
+
+def bottleneck_method(suite: "MethodSuite", cls: type, **defaults) -> Callable[..., Tensor]:
+    """``cls`` (a one-layer IBA-family class) at the suite's layer, as a bound ``attribute``."""
+    method = cls(suite.model, suite.module(suite.layer), stats=suite.stats.get(suite.layer),
+                 **defaults, **suite.iba_options)
+    return method.attribute
+
+
+def multilayer_method(suite: "MethodSuite", cls: type = MultiLayerIBA, **defaults) -> Callable[..., Tensor]:
+    """``cls`` over the suite's multi-layer list, as a bound ``attribute``."""
+    layers = suite.multilayer_layers
+    method = cls(suite.model, [suite.module(name) for name in layers], threshold=suite.multilayer_threshold,
+                 stats=[suite.stats.get(name) for name in layers], **defaults, **suite.iba_options)
+    return method.attribute
+
+
+def _iba_entry(label: str, cls: type, tasks, function: str, layers: str = "bottleneck",
+               options=BOTTLENECK_OPTIONS, **defaults) -> Method:
+    builder = multilayer_method if layers == "multilayer" else bottleneck_method
+    return Method(label, "captum_iba", tasks, lambda suite: builder(suite, cls, **defaults), layers=layers,
+                  options=options, attribution=cls, function=function, defaults=defaults)
+
+
+# The baselines, each through its library's public API, on the in-place-free copy.
+
+
+def _gradcam(suite: "MethodSuite"):
+    from captum.attr import LayerGradCam
+
+    gradcam = LayerGradCam(suite.baseline_model, suite.module(suite.cam_layer, suite.baseline_model))
+    return lambda images, target: gradcam.attribute(images, target=target, relu_attributions=True)
+
+
+def _integrated_gradients(suite: "MethodSuite"):
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(suite.baseline_model)
+
+    def attribute(images, target):
+        batch = max(1, 64 // max(1, images.shape[0])) * images.shape[0]
+        return ig.attribute(images, baselines=torch.zeros_like(images), target=target,
+                            n_steps=suite.ig_steps, internal_batch_size=batch)
+
+    return attribute
+
+
+def _lrp(suite: "MethodSuite"):
+    from captum.attr import LRP
+
+    return lambda images, target: LRP(suite.baseline_model).attribute(images, target=target)
+
+
+def _saliency(suite: "MethodSuite"):
+    from captum.attr import Saliency
+
+    return lambda images, target: Saliency(suite.baseline_model).attribute(images, target=target, abs=True)
+
+
+def _torchray_gradcam(suite: "MethodSuite"):
+    from torchray.attribution.grad_cam import grad_cam
+
+    return lambda images, target: grad_cam(suite.baseline_model, images, _torchray_target(target),
+                                           saliency_layer=suite.cam_layer)
+
+
+def _excitation_backprop(suite: "MethodSuite"):
+    from torchray.attribution.excitation_backprop import excitation_backprop
+
+    # At the IBA layer: excitation backprop is meant for a mid-level layer.
+    return lambda images, target: excitation_backprop(suite.baseline_model, images, _torchray_target(target),
+                                                      saliency_layer=suite.layer)
+
+
+def _extremal_perturbation(suite: "MethodSuite"):
+    from torchray.attribution.extremal_perturbation import extremal_perturbation
+
+    def attribute(images, target):
+        targets = _torchray_target(target)
+        targets = targets.tolist() if isinstance(targets, Tensor) else [targets] * images.shape[0]
+        masks = [extremal_perturbation(suite.baseline_model, image[None], image_target, areas=[suite.extremal_area],
+                                       max_iter=suite.extremal_iterations)[0]
+                 for image, image_target in zip(images, targets)]  # TorchRay takes one image at a time
+        return torch.cat(masks)
+
+    return attribute
+
+
+def _torchray_target(target):
+    """TorchRay takes an int or a tensor of per-sample indices; a regressor's only output is 0."""
+    return 0 if target is None else target
+
+
+_BOTH = ("classification", "regression")
+_CLASSIFICATION = ("classification",)
+for _name, _method in {
+    "iba": _iba_entry("IBA", IBA, _CLASSIFICATION, "iba", loss="bce"),
+    "inverse": _iba_entry("Inverse IBA", InverseIBA, _CLASSIFICATION, "inverse_iba", loss="bce"),
+    "multilayer": _iba_entry("Multi-layer IBA", MultiLayerIBA, _CLASSIFICATION, "multilayer_iba",
+                             layers="multilayer", options=(*BOTTLENECK_OPTIONS, "threshold"), loss="bce"),
+    "regression": _iba_entry("Regression IBA", RegressionIBA, ("regression",), "regression_iba",
+                             options=(*BOTTLENECK_OPTIONS, "loss")),
+    "gradcam": Method("Grad-CAM (Captum)", "captum", _BOTH, _gradcam),
+    "integrated_gradients": Method("Integrated Gradients (Captum)", "captum", _BOTH, _integrated_gradients),
+    "lrp": Method("LRP (Captum)", "captum", _BOTH, _lrp),
+    "saliency": Method("Saliency (Captum)", "captum", _BOTH, _saliency),
+    "torchray_gradcam": Method("Grad-CAM (TorchRay)", "torchray", _BOTH, _torchray_gradcam),
+    "excitation_backprop": Method("Excitation Backprop (TorchRay)", "torchray", _BOTH, _excitation_backprop),
+    "extremal_perturbation": Method("Extremal Perturbation (TorchRay)", "torchray", _BOTH, _extremal_perturbation),
+}.items():
+    register_method(_name, _method)
 
 
 class _DenseNetWithoutInplace(nn.Module):
@@ -90,15 +257,15 @@ def inplace_free_copy(model: nn.Module) -> nn.Module:
 
 
 class MethodSuite:
-    """The comparison's methods, set up once for one model.
+    """The registry's methods, set up once for one model (each built on first use).
 
     Args:
-        model (nn.Module): a DenseNet-style model (layer names
-            ``features.denseblock1..3``, ``features.norm5``), in eval mode.
+        model (nn.Module): the model, in eval mode.
         task (str): ``"classification"`` (one sigmoid per output, BCE) or
             ``"regression"`` (a score).
         data (iterable, optional): input batches to estimate the IBA feature
-            statistics from (all layers in one pass); or pass ``stats``.
+            statistics from (every layer the task's methods need, in one pass);
+            or pass ``stats``.
         stats (dict, optional): layer name -> FeatureStats.
         n_samples (int): samples for the estimation.
         layer (str): the IBA layer (default ``features.denseblock3``, as the paper).
@@ -106,7 +273,7 @@ class MethodSuite:
         cam_layer (str): the Grad-CAM layer (default ``features.norm5``).
         multilayer_threshold: Multi-layer IBA's threshold (default ``"top:0.3"``).
         iba_options (dict, optional): options for every IBA-family method
-            (``steps``, ``batch_size``, ``beta``, ...).
+            (``steps``, ``noise_draws``, ``beta``, ...).
         ig_steps (int): Integrated Gradients' steps.
         extremal_iterations (int): Extremal Perturbation's iterations per image
             (TorchRay's default 800 is minutes per image on a CPU).
@@ -122,50 +289,50 @@ class MethodSuite:
         data: Optional[Iterable] = None,
         stats: Optional[Dict[str, FeatureStats]] = None,
         n_samples: int = 200,
-        layer: str = "features.denseblock3",
-        multilayer_layers: Sequence[str] = ("features.denseblock1", "features.denseblock2", "features.denseblock3"),
-        cam_layer: str = "features.norm5",
-        multilayer_threshold="top:0.3",
+        layer: str = DEFAULT_LAYER,
+        multilayer_layers: Sequence[str] = DEFAULT_MULTILAYER_LAYERS,
+        cam_layer: str = DEFAULT_CAM_LAYER,
+        multilayer_threshold=DEFAULT_THRESHOLD,
         iba_options: Optional[dict] = None,
         ig_steps: int = 16,
         extremal_iterations: int = 100,
         extremal_area: float = 0.1,
         progress: bool = False,
     ) -> None:
-        if task not in ("classification", "regression"):
+        if task not in _BOTH:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         self.model, self.task = model, task
         self.layer, self.multilayer_layers, self.cam_layer = layer, tuple(multilayer_layers), cam_layer
-        modules = dict(model.named_modules())
-        for name in (layer, cam_layer, *self.multilayer_layers):
-            if name not in modules:
-                raise ValueError(f"the model has no layer {name!r}")
-        names = list(dict.fromkeys([*self.multilayer_layers, layer]))
+        for name, value in (("layer", layer), ("cam_layer", cam_layer),
+                            *(("multilayer_layers", n) for n in self.multilayer_layers)):
+            resolve_layer(model, value, name)
         if stats is None:
             if data is None:
                 raise ValueError("MethodSuite needs data= to estimate the IBA statistics, or stats=")
-            estimated = estimate_stats(model, [modules[n] for n in names], data, n_samples, progress)
+            names = self.stats_layers(self.names)
+            estimated = estimate_stats(model, [self.module(n) for n in names], data, n_samples, progress)
             stats = dict(zip(names, estimated))
-        self.stats = stats
-        options = dict(iba_options or {})
-        loss = {} if task == "regression" else {"loss": "bce"}
-        self.ours = {
-            "iba": IBA(model, modules[layer], stats=stats[layer], **loss, **options),
-            "inverse": InverseIBA(model, modules[layer], stats=stats[layer], **loss, **options),
-            "multilayer": MultiLayerIBA(
-                model, [modules[n] for n in self.multilayer_layers], threshold=multilayer_threshold,
-                stats=[stats[n] for n in self.multilayer_layers], **loss, **options,
-            ),
-            "regression": RegressionIBA(model, modules[layer], stats=stats[layer], **options),
-        }
+        self.stats = dict(stats)
+        self.multilayer_threshold = multilayer_threshold
+        self.iba_options = dict(iba_options or {})
         self.ig_steps = ig_steps
         self.extremal_iterations, self.extremal_area = extremal_iterations, extremal_area
         self._baseline_model: Optional[nn.Module] = None
+        self._built: Dict[str, Callable[..., Tensor]] = {}
 
     @property
     def names(self) -> list:
-        """The methods that explain this suite's task, in the comparison's order."""
-        return [name for name, info in METHODS.items() if self.task in info.tasks]
+        """The registered methods that explain this suite's task, in registration order."""
+        return [name for name, method in METHODS.items() if self.task in method.tasks]
+
+    def stats_layers(self, names: Iterable[str]) -> Tuple[str, ...]:
+        """The layers whose statistics the methods ``names`` need, each once."""
+        needed = {"bottleneck": (self.layer,), "multilayer": self.multilayer_layers, "": ()}
+        return tuple(dict.fromkeys(layer for name in names for layer in needed[METHODS[name].layers]))
+
+    def module(self, name: str, model: Optional[nn.Module] = None) -> nn.Module:
+        """The submodule called ``name`` of ``model`` (default: the suite's model)."""
+        return resolve_layer(self.model if model is None else model, name, "layer")[1]
 
     @property
     def baseline_model(self) -> nn.Module:
@@ -177,79 +344,22 @@ class MethodSuite:
     def attribute(self, name: str, images: Tensor, target=None, *, seed: int = 0, **options) -> Tensor:
         """The map of method ``name`` for ``images`` ``(N, C, H, W)``.
 
-        ``target`` is the output to explain (int, list or tensor per sample;
-        None for a single-output regressor). ``options`` go to the method
-        (e.g. ``loss="mse", target_values=y`` for ``"regression"``).
+        ``target`` is the output to explain (as Captum takes it; None for a
+        single-output regressor). ``options`` go to the method (e.g.
+        ``loss="mse", target_values=y`` for ``"regression"``).
 
         Returns:
             Tensor: ``(N, 1, h, w)`` at the method's own resolution, detached.
         """
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-        if self.task not in METHODS[name].tasks:
+        method = METHODS[name]
+        if self.task not in method.tasks:
             raise ValueError(f"method {name!r} does not explain a {self.task} model")
-        if name in self.ours:
-            maps = self.ours[name].attribute(images, target, seed=seed, **options)
+        if name not in self._built:
+            self._built[name] = method.build(self)
+        if method.attribution is not None:
+            maps = self._built[name](images, target, seed=seed, **options)
         else:
-            target = format_target(target, images.shape[0], images.device)
-            maps = getattr(self, f"_{name}")(images, target, **options)
-        return as_map_batch(maps, images.shape[0])
-
-    # Baselines: each through its library's public API.
-
-    def _gradcam(self, images, target):
-        from captum.attr import LayerGradCam
-
-        model = self.baseline_model
-        layer = dict(model.named_modules())[self.cam_layer]
-        return LayerGradCam(model, layer).attribute(images, target=target, relu_attributions=True)
-
-    def _integrated_gradients(self, images, target):
-        from captum.attr import IntegratedGradients
-
-        return IntegratedGradients(self.baseline_model).attribute(
-            images, baselines=torch.zeros_like(images), target=target, n_steps=self.ig_steps,
-            internal_batch_size=max(1, 64 // max(1, images.shape[0])) * images.shape[0],
-        )
-
-    def _lrp(self, images, target):
-        from captum.attr import LRP
-
-        return LRP(self.baseline_model).attribute(images, target=target)
-
-    def _saliency(self, images, target):
-        from captum.attr import Saliency
-
-        return Saliency(self.baseline_model).attribute(images, target=target, abs=True)
-
-    def _torchray_gradcam(self, images, target):
-        from torchray.attribution.grad_cam import grad_cam
-
-        return grad_cam(self.baseline_model, images, _torchray_target(target), saliency_layer=self.cam_layer)
-
-    def _excitation_backprop(self, images, target):
-        from torchray.attribution.excitation_backprop import excitation_backprop
-
-        # At the paper's IBA layer: excitation backprop is meant for a mid-level layer.
-        return excitation_backprop(
-            self.baseline_model, images, _torchray_target(target), saliency_layer=self.layer
-        )
-
-    def _extremal_perturbation(self, images, target):
-        from torchray.attribution.extremal_perturbation import extremal_perturbation
-
-        targets = _torchray_target(target)
-        targets = targets.tolist() if isinstance(targets, Tensor) else [targets] * images.shape[0]
-        masks = []
-        for image, image_target in zip(images, targets):  # TorchRay takes one image at a time
-            mask, _ = extremal_perturbation(
-                self.baseline_model, image[None], image_target,
-                areas=[self.extremal_area], max_iter=self.extremal_iterations,
-            )
-            masks.append(mask)
-        return torch.cat(masks)
-
-
-def _torchray_target(target):
-    """TorchRay takes an int or a tensor of per-sample indices; a regressor's only output is 0."""
-    return 0 if target is None else target
+            maps = self._built[name](images, format_target(target, images.shape[0], images.device), **options)
+        return as_map_batch(maps, images.shape[0]).detach()

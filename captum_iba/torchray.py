@@ -21,12 +21,12 @@ objects (and their traced prefix/suffix split) are cached the same way.
 
 from __future__ import annotations
 
-import difflib
 import weakref
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from torch import Tensor, nn
 
+from ._validate import resolve_layer
 from .attr import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
 from .maps import resize_map
 from .stats import FeatureStats, estimate_stats
@@ -48,27 +48,6 @@ def clear_cache(model: Optional[nn.Module] = None) -> None:
             cache.clear()
         else:
             cache.pop(model, None)
-
-
-def resolve_layer(model: nn.Module, layer: LayerSpec, name: str = "saliency_layer") -> Tuple[str, nn.Module]:
-    """``(qualified name, module)`` for a layer given by name or as a module.
-
-    Raises ``ValueError`` for a name the model does not have (listing the
-    closest names) or a module that is not inside the model.
-    """
-    names = {module: qualified for qualified, module in model.named_modules()}
-    if isinstance(layer, nn.Module):
-        if layer not in names:
-            raise ValueError(f"{name} ({type(layer).__name__}) is not a submodule of the model")
-        return names[layer], layer
-    if not isinstance(layer, str):
-        raise TypeError(f"{name} must be a layer name or an nn.Module, got {type(layer).__name__}")
-    modules = dict(model.named_modules())
-    if layer not in modules or layer == "":
-        close = difflib.get_close_matches(layer, [n for n in modules if n], n=5, cutoff=0.5)
-        hint = f"; close names: {', '.join(close)}" if close else ""
-        raise ValueError(f"{name} {layer!r} is not a layer of the model{hint}")
-    return layer, modules[layer]
 
 
 def _layer_stats(model, names: List[str], layers: List[nn.Module], stats, data, n_samples, progress):
@@ -96,7 +75,7 @@ def _method(cls: Type, model: nn.Module, names: Tuple[str, ...], layers: List[nn
     methods = _METHODS.setdefault(model, {})
     key = (cls, names)
     if key not in methods:
-        methods[key] = cls(model, layers if cls is MultiLayerIBA else layers[0])
+        methods[key] = cls(model, layers if issubclass(cls, MultiLayerIBA) else layers[0])
     return methods[key]
 
 
@@ -114,14 +93,14 @@ def _saliency(
 ) -> Tensor:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    resolved = [resolve_layer(model, spec, "saliency_layers" if cls is MultiLayerIBA else "saliency_layer")
+    resolved = [resolve_layer(model, spec, "saliency_layers" if issubclass(cls, MultiLayerIBA) else "saliency_layer")
                 for spec in layer_specs]
     names = tuple(name for name, _ in resolved)
     layers = [layer for _, layer in resolved]
     progress = options.pop("progress", False)
     layer_stats = _layer_stats(model, list(names), layers, stats, data, n_samples, progress)
     method = _method(cls, model, names, layers)
-    if cls is MultiLayerIBA:
+    if issubclass(cls, MultiLayerIBA):
         for bottleneck, s in zip(method.bottlenecks, layer_stats):
             bottleneck.stats = s
         saliency = method.attribute(input, target, progress=progress, **options)
@@ -235,3 +214,49 @@ def multilayer_iba(
     if isinstance(saliency_layers, (str, nn.Module)) or not saliency_layers:
         raise ValueError("saliency_layers must be a non-empty list of layer names or modules")
     return _saliency(MultiLayerIBA, model, input, target, list(saliency_layers), stats, data, n_samples, resize, **options)
+
+
+def saliency(
+    method: str,
+    model: nn.Module,
+    input: Tensor,
+    target,
+    saliency_layer: Union[LayerSpec, Sequence[LayerSpec]],
+    *,
+    stats=None,
+    data: Optional[Iterable] = None,
+    n_samples: int = 1000,
+    resize: Union[bool, Tuple[int, int]] = False,
+    **options: Any,
+) -> Tensor:
+    r"""Any IBA-family method of the registry (:data:`captum_iba.methods.METHODS`), TorchRay style.
+
+    ``saliency("iba", ...)`` is :func:`iba`; a method added with
+    :func:`captum_iba.methods.register_method` is reached the same way, and as
+    ``captum_iba.torchray.<its function name>``. ``saliency_layer`` is a list
+    of layers for a multi-layer method. Other arguments as :func:`iba`.
+    """
+    from .methods import METHODS
+
+    entry = METHODS.get(method)
+    if entry is None or entry.attribution is None:
+        known = [name for name, m in METHODS.items() if m.attribution is not None]
+        raise ValueError(f"method must be an IBA-family method of captum_iba.methods.METHODS "
+                         f"({', '.join(known)}), got {method!r}")
+    multi = entry.layers == "multilayer"
+    if multi and (isinstance(saliency_layer, (str, nn.Module)) or not saliency_layer):
+        raise ValueError("saliency_layers must be a non-empty list of layer names or modules")
+    layers = list(saliency_layer) if multi else [saliency_layer]
+    return _saliency(entry.attribution, model, input, target, layers, stats, data, n_samples, resize, **options)
+
+
+def __getattr__(name: str):
+    """``captum_iba.torchray.<function>`` for a registered method that names one (see :func:`saliency`)."""
+    from functools import partial
+
+    from .methods import METHODS
+
+    for key, entry in METHODS.items():
+        if entry.function == name and entry.attribution is not None:
+            return partial(saliency, key)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

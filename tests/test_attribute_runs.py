@@ -19,15 +19,22 @@ import torch
 
 from captum_iba.cxr import PhantomCXR, collate
 from captum_iba.cxr.checkpoints import save_model
-from captum_iba.cxr.sources import open_model
+from captum_iba.app.sources import open_model
 from captum_iba.app.store import MethodStore, read_index, read_maps
 from captum_iba.methods import MethodSuite
-from captum_iba.scale import FAIL_AFTER_ENV, batch_seed, main
+from captum_iba.app import store as store_module
+from captum_iba.app.cli import main as cli_main
+from captum_iba.app.distributed import batch_seed
 from captum_iba.stats import FeatureStats
 
 RECIPE = {"size": 32, "train_images": 64, "test_images": 32, "epochs": 1}
 EMBEDDED = ("--embedded-overrides", ",".join(f"{key}={value}" for key, value in RECIPE.items()))
 IMAGES, BATCH = 24, 2
+
+
+def main(argv):
+    """``captum-iba attribute ARGV`` in this process; its exit status."""
+    return cli_main(["attribute", *argv])
 BIN = Path(sys.executable).parent
 
 
@@ -85,7 +92,7 @@ def assert_clean(out, method="iba"):
 
 def test_two_torchrun_processes_write_the_maps_of_one(reference, tmp_path):
     out = tmp_path / "out"
-    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "captum_iba.scale", *iba_argv(out)]
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "captum_iba", "attribute", *iba_argv(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes" in done.stdout and "24 computed" in done.stdout
@@ -96,13 +103,21 @@ def test_two_torchrun_processes_write_the_maps_of_one(reference, tmp_path):
 
 def test_a_run_failing_part_way_resumes_to_the_uninterrupted_result(reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    monkeypatch.setenv(FAIL_AFTER_ENV, "5")
-    with pytest.raises(RuntimeError, match="test hook"):
+    real_done, marked = store_module.BatchWriter.done, []
+
+    def done_then_fail(writer, batch, keys, maps):  # the run dies once 5 items are marked done
+        real_done(writer, batch, keys, maps)
+        marked.append(batch)
+        if len(marked) * BATCH >= 5:
+            raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(store_module.BatchWriter, "done", done_then_fail)
+    with pytest.raises(RuntimeError, match="simulated failure"):
         main(iba_argv(out))
     partial, expected = read_maps(out), dict(read_maps(reference))
     assert {image_id for image_id, _, _ in partial} == {f"phantom-nih-1000-{i:05d}" for i in range(6)}
     assert_same_maps(partial, {key: expected[key] for key in partial})
-    monkeypatch.delenv(FAIL_AFTER_ENV)
+    monkeypatch.undo()
     assert main(iba_argv(out)) == 0
     assert_same_maps(read_maps(out), expected)
     assert_clean(out)
@@ -113,7 +128,7 @@ def test_a_run_failing_part_way_resumes_to_the_uninterrupted_result(reference, t
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(reference, tmp_path):
     out = tmp_path / "out"
     index = out / "iba" / "index"
-    killed = subprocess.Popen([sys.executable, "-m", "captum_iba.scale", *iba_argv(out)],
+    killed = subprocess.Popen([sys.executable, "-m", "captum_iba", "attribute", *iba_argv(out)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while killed.poll() is None and not any(b'"done"' in p.read_bytes() for p in index.glob("*.jsonl")):

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from captum_iba.cli import main
+from captum_iba.app.cli import main
 from captum_iba.cxr import small_densenet
 from captum_iba.cxr.checkpoints import save_model
 from captum_iba.methods import METHODS

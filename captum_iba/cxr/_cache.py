@@ -8,7 +8,6 @@ the caller rebuilds it instead of trusting it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -17,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from .._hashing import tensor_digest
 from .._files import atomic_path
 
 __all__ = ["cache_dir", "save_checkpoint", "load_checkpoint"]
@@ -38,12 +38,7 @@ def cache_dir() -> Path:
 
 
 def _digest(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
-    sha = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().cpu()
-        sha.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        sha.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return sha.hexdigest()
+    return tensor_digest(state_dict, prefix=json.dumps(meta, sort_keys=True))
 
 
 def save_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:

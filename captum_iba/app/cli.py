@@ -1,4 +1,10 @@
-"""The ``captum-iba`` command: demo, evaluate, train, attribute."""
+"""The ``captum-iba`` command: demo, evaluate, train, attribute.
+
+Every choice it offers comes from a registry: methods from
+:data:`captum_iba.methods.METHODS`, datasets from
+:data:`captum_iba.app.sources.DATASETS`, tasks from
+:data:`captum_iba.cxr.checkpoints.TASKS`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,13 @@ from typing import List, Optional
 
 import torch
 
+from ..cxr.checkpoints import TASKS
+from ..cxr.training import LOSSES
+from ..methods import DEFAULT_LAYER, DEFAULT_THRESHOLD, METHODS
+from ..objectives import REGRESSION_LOSSES
 from .evaluation import EvaluationSettings
-
-HELD_OUT_SEED = 1000  # phantom seed of the evaluation images; the models train on seeds 0 (train) and 1 (test)
-
+from .plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_STEPS
+from .sources import DATASETS, HELD_OUT_PHANTOM_SEED
 
 def _settings(args) -> EvaluationSettings:
     return EvaluationSettings(batch_size=args.batch_size, insertion_steps=args.insertion_steps,
@@ -48,7 +57,7 @@ def _print_summary(results: dict, out: str) -> None:
 
 def run_demo(args) -> int:
     """The paper's evaluation on the embedded phantom and its models."""
-    from .cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
+    from ..cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
     from .report import ReportInputs, run_report
 
     overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
@@ -61,15 +70,15 @@ def run_demo(args) -> int:
     auc_images = max(args.images, args.auc_images)
     inputs = ReportInputs(
         models=models,
-        nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_SEED, task="nih"),
-        brixia=PhantomCXR(args.images, size=size, seed=HELD_OUT_SEED, task="brixia"),
+        nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih"),
+        brixia=PhantomCXR(args.images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="brixia"),
         nih_estimation=PhantomCXR(256, size=size, seed=0, task="nih"),
         brixia_estimation=PhantomCXR(256, size=size, seed=0, task="brixia"),
         images=args.images,
         auc_images=auc_images,
         description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the four embedded "
                      f"models trained on it (captum_iba.cxr). Evaluated on held-out phantom images "
-                     f"(seed {HELD_OUT_SEED}): {args.images} per study, {auc_images} for AUC/AP. "
+                     f"(seed {HELD_OUT_PHANTOM_SEED}): {args.images} per study, {auc_images} for AUC/AP. "
                      f"Command: `captum-iba demo --images {args.images} --seed {args.seed}`."),
         suite_options=_suite_options(args),
     )
@@ -86,7 +95,7 @@ def _quality(metrics: dict) -> str:
 
 def run_evaluate(args) -> int:
     """The same evaluation on a real dataset folder and a checkpoint."""
-    from .cxr.sources import open_dataset, open_model
+    from .sources import open_dataset, open_model
     from .report import ReportInputs, run_report
 
     model = open_model(args.task or ("nih" if args.dataset == "nih" else "brixia_regression"), args.checkpoint)
@@ -109,9 +118,9 @@ def run_evaluate(args) -> int:
 
 def run_train(args) -> int:
     """Train a DenseNet on a dataset and write a checkpoint for evaluate/attribute."""
-    from .cxr import densenet121_cxr, fit, evaluate, small_densenet
-    from .cxr.checkpoints import TASKS, save_model
-    from .cxr.sources import open_dataset
+    from ..cxr import densenet121_cxr, fit, evaluate, small_densenet
+    from ..cxr.checkpoints import save_model
+    from .sources import open_dataset
 
     target, outputs = TASKS[args.task]
     phantom_task = "nih" if args.task == "nih" else "brixia"
@@ -133,6 +142,72 @@ def run_train(args) -> int:
     return 0
 
 
+#: One line for ``captum-iba attribute --help``.
+ATTRIBUTE_DESCRIPTION = ("One attribution method's maps for a whole dataset, in batches, sharded over "
+                         "torch.distributed (torchrun) and resumable.")
+
+
+def _run_attribute(args) -> int:
+    from .runner import run
+
+    return run(args)
+
+
+def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``captum-iba attribute`` to ``parser``."""
+    parser.add_argument("--method", required=True, choices=list(METHODS), help="the attribution method")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="the store: created, or resumed when it holds this configuration")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace this method's maps in --out when they were computed with other options")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=list(DATASETS), default="phantom", help="default: phantom")
+    data.add_argument("--root", metavar="PATH", help="the dataset folder (nih, brixia)")
+    data.add_argument("--split", choices=("train", "test"),
+                      help="the official split (nih, brixia); default: every item")
+    data.add_argument("--task", choices=sorted({s.task for s in DATASETS.values() if s.task}),
+                      help="phantom only: NIH-like findings or BrixIA-like zones (default nih; regression: brixia)")
+    data.add_argument("--images", type=int, metavar="N",
+                      help=f"the first N items (phantom: N images, default {DEFAULT_PHANTOM_IMAGES})")
+    data.add_argument("--phantom-seed", type=int, metavar="S",
+                      help=f"phantom only: seed of its images (default {HELD_OUT_PHANTOM_SEED}, held out from training)")
+    data.add_argument("--size", type=int, metavar="PX", help="image side (default: the model's input size)")
+
+    model = parser.add_argument_group("model and targets")
+    model.add_argument("--checkpoint", metavar="FILE",
+                       help="a model written by `captum-iba train` (default: the embedded phantom model)")
+    model.add_argument("--target", action="append", metavar="K",
+                       help="output index to explain (repeatable, or a comma list); default: every positive "
+                            "label of an item (labels, detectors), else its top prediction")
+    # Hidden: recipe overrides of the embedded model, for quick runs and tests.
+    model.add_argument("--embedded-overrides", metavar="KEY=INT,...", help=argparse.SUPPRESS)
+
+    method = parser.add_argument_group("method options")
+    method.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
+    method.add_argument("--layer", help=f"the IBA layer (default {DEFAULT_LAYER})")
+    method.add_argument("--beta", type=float, metavar="B", help="weight of the information loss (default: the method's)")
+    method.add_argument("--steps", type=int, metavar="N", help=f"optimisation steps (default {DEFAULT_STEPS})")
+    method.add_argument("--noise-draws", type=int, metavar="N",
+                        help=f"noise draws per image and step (default {DEFAULT_NOISE_DRAWS})")
+    method.add_argument("--threshold", metavar="T", help=f"multilayer: 'top:F', 'otsu' or a value (default {DEFAULT_THRESHOLD})")
+    method.add_argument("--loss", choices=list(REGRESSION_LOSSES),
+                        help="regression: deviation (default), maximize, or mse against the item's score")
+    method.add_argument("--stats", metavar="PATH",
+                        help="saved FeatureStats: a file (one layer) or a folder of <layer>.pt files; "
+                             "default: estimated by process 0 on training data")
+    method.add_argument("--stats-samples", type=int, default=1000, metavar="N",
+                        help="images to estimate the statistics from (default 1000)")
+
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--batch-size", type=int, default=8, metavar="B", help="items per batch (default 8)")
+    compute.add_argument("--device", default="auto",
+                         help="auto (default: cuda if available), cpu, cuda; torchrun: cuda:LOCAL_RANK")
+    compute.add_argument("--threads", type=int, metavar="T",
+                         help="CPU threads per process (default: torch's; torchrun sets 1)")
+    compute.add_argument("--workers", type=int, default=2, metavar="W", help="data loading workers (default 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="captum-iba",
@@ -151,21 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="the evaluation on a real dataset and checkpoint",
                                    description=run_evaluate.__doc__)
-    evaluate.add_argument("--dataset", choices=["nih", "brixia"], required=True)
+    evaluate.add_argument("--dataset", choices=[n for n, s in DATASETS.items() if not s.generated], required=True)
     evaluate.add_argument("--root", required=True, help="the dataset folder")
     evaluate.add_argument("--checkpoint", required=True, help="a model written by `captum-iba train`")
-    evaluate.add_argument("--task", choices=["nih", "brixia_regression", "brixia_detectors"], default=None,
+    evaluate.add_argument("--task", choices=list(TASKS), default=None,
                           help="the checkpoint's task (default: nih for --dataset nih, else brixia_regression)")
     _add_evaluation_options(evaluate, images=64)
     evaluate.set_defaults(run=run_evaluate)
 
     train = commands.add_parser("train", help="train a model and write a checkpoint", description=run_train.__doc__)
-    train.add_argument("--task", choices=["nih", "brixia_regression", "brixia_detectors"], required=True)
-    train.add_argument("--dataset", choices=["phantom", "nih", "brixia"], default="phantom")
+    train.add_argument("--task", choices=list(TASKS), required=True)
+    train.add_argument("--dataset", choices=list(DATASETS), default="phantom")
     train.add_argument("--root", default=None, help="the dataset folder (nih, brixia)")
     train.add_argument("--out", required=True, help="checkpoint file to write")
     train.add_argument("--architecture", choices=["small_densenet", "densenet121"], default="small_densenet")
-    train.add_argument("--loss", choices=["bce", "weighted_bce", "mse"], default=None)
+    train.add_argument("--loss", choices=list(LOSSES), default=None)
     train.add_argument("--images", type=int, default=3000, help="phantom training images")
     train.add_argument("--size", type=int, default=None, help="image side (default: phantom 96, real data 224)")
     train.add_argument("--epochs", type=int, default=4)
@@ -175,12 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=run_train)
 
-    from . import scale
-
     attribute = commands.add_parser("attribute", help="one method's maps for a whole dataset (sharded, resumable)",
-                                    description=scale.DESCRIPTION)
-    scale.add_arguments(attribute)
-    attribute.set_defaults(run=scale.run)
+                                    description=ATTRIBUTE_DESCRIPTION)
+    add_attribute_arguments(attribute)
+    attribute.set_defaults(run=_run_attribute)
     return parser
 
 

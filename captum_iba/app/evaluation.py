@@ -28,9 +28,9 @@ from skimage.measure import label as connected_components
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .maps import binarize, resize_map
-from .methods import METHODS, MethodSuite
-from .metrics import insertion_deletion, localization_iou, map_correlation, pointing_game, sensitivity_n
+from ..maps import binarize, resize_map
+from ..methods import METHODS, MethodSuite
+from ..metrics import insertion_deletion, localization_iou, map_correlation, pointing_game, sensitivity_n
 
 #: How a map is binarised for IoU and coverage: Otsu's threshold per map.
 IOU_THRESHOLD = "otsu"

@@ -1,0 +1,209 @@
+"""The plan of a ``captum-iba attribute`` run: its arguments checked against each other and the registries.
+
+:func:`make_plan` turns parsed arguments into a :class:`Plan` before anything
+is read or written, so a request that cannot work is refused with one line
+naming the argument at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from ..maps import parse_threshold
+from ..methods import DEFAULT_LAYER, DEFAULT_MULTILAYER_LAYERS, DEFAULT_THRESHOLD, METHODS
+from ..objectives import REGRESSION_LOSSES
+from .sources import DATASETS, TASKS
+
+__all__ = ["Plan", "UsageError", "make_plan", "DEFAULT_STEPS", "DEFAULT_NOISE_DRAWS", "DEFAULT_REGRESSION_LOSS"]
+
+#: Library defaults of the IBA options, written into a run's configuration.
+DEFAULT_STEPS, DEFAULT_NOISE_DRAWS = 10, 10
+DEFAULT_REGRESSION_LOSS = "deviation"
+DEFAULT_PHANTOM_IMAGES = 64
+
+
+class UsageError(ValueError):
+    """An argument that does not fit the others; the message names it."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request.
+
+    Attributes
+    ----------
+    method : str
+        Key of :data:`captum_iba.methods.METHODS`.
+    method_key : str
+        The method as the store names it: ``method``, or ``"regression-<loss>"``.
+    model_task : str
+        The model's task: ``"nih"``, ``"brixia_detectors"`` or ``"brixia_regression"``.
+    data_task : str
+        Which labels the items carry: ``"nih"`` or ``"brixia"``.
+    label_key : str or None
+        Item entry whose positives are the default targets; None for the regressor.
+    targets : tuple of int or None
+        Explicit ``--target`` indices.
+    layer : str
+        The IBA layer.
+    stats_layers : tuple of str
+        Layers whose statistics the method needs (none for the baselines).
+    options : dict
+        The method's options as the configuration records them.
+    embedded_overrides : dict
+        Recipe overrides of the embedded model.
+    """
+
+    method: str
+    method_key: str
+    model_task: str
+    data_task: str
+    label_key: Optional[str]
+    targets: Optional[Tuple[int, ...]]
+    layer: str
+    stats_layers: Tuple[str, ...]
+    options: dict
+    embedded_overrides: dict
+
+    @property
+    def task(self) -> str:
+        """The method suite's task: ``"regression"`` for the score regressor, else ``"classification"``."""
+        return "regression" if self.label_key is None else "classification"
+
+
+def refuse(args: argparse.Namespace, names: Sequence[str], reason: str) -> None:
+    """Raise if any of the options ``names`` (attribute names) was given: they do not apply."""
+    for name in names:
+        if getattr(args, name, None) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} does not apply {reason}")
+
+
+def at_least(name: str, value: Optional[int], minimum: int = 1) -> None:
+    """Raise naming ``--name`` unless ``value`` is None or an integer >= ``minimum``."""
+    if value is not None and value < minimum:
+        raise UsageError(f"--{name}: expected an integer >= {minimum}, got {value}")
+
+
+def _parse_targets(values: Optional[List[str]], outputs: int) -> Optional[Tuple[int, ...]]:
+    if not values:
+        return None
+    try:
+        targets = sorted({int(part) for value in values for part in value.split(",") if part.strip()})
+    except ValueError as error:
+        raise UsageError(f"--target: expected output indices, got {values}") from error
+    if not targets or not all(0 <= target < outputs for target in targets):
+        raise UsageError(f"--target: the model has {outputs} outputs (0-{outputs - 1}), got {values}")
+    return tuple(targets)
+
+
+def _parse_overrides(text: Optional[str]) -> dict:
+    if not text:
+        return {}
+    try:
+        return {key.strip(): int(value) for key, value in (part.split("=") for part in text.split(","))}
+    except ValueError as error:
+        raise UsageError(f"--embedded-overrides: expected KEY=INT,..., got {text!r}") from error
+
+
+def _threshold(text: str):
+    """A multilayer threshold: a number, or 'top:F' / 'otsu'."""
+    try:
+        threshold = float(text)
+    except ValueError:
+        threshold = text
+    try:
+        parse_threshold(threshold)
+    except ValueError as error:
+        raise UsageError(f"--threshold: {error}") from error
+    return threshold
+
+
+def _tasks(args: argparse.Namespace, regression: bool) -> Tuple[str, str, Optional[str]]:
+    """``(data_task, model_task, label_key)`` of the request."""
+    source = DATASETS[args.dataset]
+    if source.generated:
+        refuse(args, ("root", "split"), f"to --dataset {args.dataset} (it is generated)")
+        data_task = args.task or ("brixia" if regression else "nih")
+    else:
+        refuse(args, ("task", "phantom_seed"), f"to --dataset {args.dataset}")
+        if args.root is None:
+            raise UsageError(f"--dataset {args.dataset} is read from a folder: pass --root PATH")
+        data_task = source.task
+    if regression:
+        if data_task != "brixia":
+            raise UsageError(f"--method {args.method} explains the BrixIA severity score: use --dataset brixia, "
+                             "or --dataset phantom --task brixia")
+        return data_task, "brixia_regression", None
+    if data_task == "nih":
+        return data_task, "nih", "labels"
+    return data_task, "brixia_detectors", "detectors"
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for name in ("images", "size", "steps", "noise_draws", "batch_size", "threads"):
+        at_least(name.replace("_", "-"), getattr(args, name))
+    at_least("stats-samples", args.stats_samples, 2)
+    at_least("workers", args.workers, 0)
+    at_least("seed", args.seed, 0)
+    at_least("phantom-seed", args.phantom_seed, 0)
+    if args.beta is not None and not args.beta >= 0:
+        raise UsageError(f"--beta: expected a number >= 0, got {args.beta}")
+
+
+def _method_options(args: argparse.Namespace, applies: Sequence[str], layers: Tuple[str, ...]) -> dict:
+    """The IBA-family options as the configuration records them (none for the other methods)."""
+    if not layers:
+        return {}
+    options = {"layers": list(layers), "beta": args.beta, "steps": args.steps or DEFAULT_STEPS,
+               "noise_draws": args.noise_draws or DEFAULT_NOISE_DRAWS}
+    if "threshold" in applies:
+        options["threshold"] = _threshold(args.threshold or DEFAULT_THRESHOLD)
+    if "loss" in applies:
+        options["loss"] = args.loss or DEFAULT_REGRESSION_LOSS
+    return options
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Check the arguments against each other and the registries, and resolve the defaults.
+
+    Raises
+    ------
+    UsageError
+        Naming the argument at fault.
+    """
+    if args.method not in METHODS:
+        raise UsageError(f"--method: unknown method {args.method!r}; known: {', '.join(METHODS)}")
+    method = METHODS[args.method]
+    regression = method.tasks == ("regression",)
+    data_task, model_task, label_key = _tasks(args, regression)
+    if regression:
+        refuse(args, ("target",), f"to --method {args.method} (one output, recorded as target -1)")
+    reason = f"to --method {args.method}"
+    refuse(args, [o for o in ("layer", "beta", "steps", "noise_draws", "threshold", "loss") if o not in method.options],
+           reason)
+    if args.stats is not None and not method.layers:
+        raise UsageError(f"--stats does not apply {reason}: it needs no feature statistics")
+    if method.layers == "multilayer":
+        refuse(args, ("layer",), f"{reason}: it uses {', '.join(DEFAULT_MULTILAYER_LAYERS)}")
+    if args.loss is not None and args.loss not in REGRESSION_LOSSES:
+        raise UsageError(f"--loss: expected one of {', '.join(REGRESSION_LOSSES)}, got {args.loss!r}")
+    if args.checkpoint is not None:
+        refuse(args, ("embedded_overrides",), "with --checkpoint")
+    _check_numbers(args)
+    layer = args.layer or DEFAULT_LAYER
+    stats_layers = {"bottleneck": (layer,), "multilayer": DEFAULT_MULTILAYER_LAYERS, "": ()}[method.layers]
+    options = _method_options(args, method.options, stats_layers)
+    return Plan(
+        method=args.method,
+        method_key=f"{args.method}-{options['loss']}" if "loss" in options else args.method,
+        model_task=model_task,
+        data_task=data_task,
+        label_key=label_key,
+        targets=_parse_targets(args.target, TASKS[model_task][1]),
+        layer=layer,
+        stats_layers=stats_layers,
+        options=options,
+        embedded_overrides=_parse_overrides(args.embedded_overrides),
+    )

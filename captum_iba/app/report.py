@@ -1,0 +1,228 @@
+"""The paper's evaluation as a report: it renders what :mod:`captum_iba.app.studies` computed.
+
+:func:`run_report` runs the studies on the models and held-out data it is
+given, judges the claims (:mod:`captum_iba.app.claims`) and writes into a
+folder ``report.md`` (one function per section below), the PNG figures,
+``results.json`` and one CSV per table, each file atomically. Parts whose model
+or ground truth is missing are left out and the report says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .._files import atomic_path
+from ..cxr import DETECTORS, FINDINGS
+from ..methods import METHODS
+from .claims import claims, fmt
+from .evaluation import IOU_THRESHOLD, EvaluationSettings
+from .studies import ReportInputs, run_studies, method_label
+
+__all__ = ["ReportInputs", "run_report", "write_report", "markdown_table", "headline_table"]
+
+Table = tuple  # (csv file name, rows, columns)
+
+
+def run_report(inputs: ReportInputs, out_dir: str, settings: Optional[EvaluationSettings] = None,
+               progress: bool = True, log=print) -> dict:
+    """Run every study the inputs allow and write the report to ``out_dir``.
+
+    Returns
+    -------
+    dict
+        Everything measured (also ``results.json``).
+    """
+    settings = settings or EvaluationSettings()
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    started = time.perf_counter()
+    results, figures = run_studies(inputs, settings, progress, log)
+    results.update(settings=asdict(settings), description=inputs.description)
+    results["claims"] = claims(results)
+    results["seconds_total"] = time.perf_counter() - started
+    results["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                              "machine": platform.machine(), "python": platform.python_version()}
+    results["figures"] = {}
+    for name, figure in figures.items():
+        figure.draw(os.path.join(out_dir, f"{name}.png"))  # viz writes atomically
+        results["figures"][name] = f"{name}.png"
+    write_report(results, out_dir)
+    return results
+
+
+def markdown_table(rows: Dict[str, dict], columns: Sequence[str]) -> str:
+    """A Markdown table: one row per key of ``rows``, one column per name in ``columns``."""
+    lines = ["| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---|" * len(columns)]
+    for label, values in rows.items():
+        lines.append(f"| {label} | " + " | ".join(fmt(values.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def headline_table(results: dict) -> str:
+    """Table 1 (NIH-like) as Markdown: the report's headline."""
+    rows = {METHODS[k].label: v for k, v in results["nih"]["scores"].items()}
+    return markdown_table(rows, ["iou", "pointing", "insertion_auc", "deletion_auc", "seconds_per_map"])
+
+
+# The sections of report.md: each returns its lines and the tables to write as CSV.
+
+
+def _head(results: dict):
+    s = results["settings"]
+    return ["# captum_iba: the paper's evaluation", "", results["description"], "",
+            f"Seed {s['seed']}; IoU thresholds each map with `{IOU_THRESHOLD}`; insertion/deletion "
+            f"{s['insertion_steps']} steps with a blurred baseline; pointing game tolerance "
+            f"{s['pointing_tolerance']} px at 224 px, scaled to the image. Wall time "
+            f"{results['seconds_total']:.0f} s on {results['environment']['threads']} torch threads.", ""], []
+
+
+def _table1(results: dict):
+    if "nih" not in results:
+        return [], []
+    nih = results["nih"]
+    rows = {METHODS[k].label: v for k, v in nih["scores"].items()}
+    columns = ["iou", "pointing", "insertion_auc", "deletion_auc"]
+    lines = [f"## Table 1: localisation on NIH-like findings ({nih['pairs']} pairs, {nih['images']} images)", "",
+             markdown_table(rows, columns), "",
+             "IoU: thresholded map vs the finding's mask; pointing: TorchRay's pointing game; "
+             "insertion (higher is better) and deletion (lower is better) AUC of the sigmoid output.", "",
+             "### Per finding (IoU)", "",
+             markdown_table({k: v["class_iou"] for k, v in rows.items()}, FINDINGS), "",
+             "### Pointing game per finding", "",
+             markdown_table({k: v["class_pointing"] for k, v in rows.items()}, FINDINGS), ""]
+    return lines, [("table1_nih.csv", rows, columns)]
+
+
+def _table2(results: dict):
+    if "detectors" not in results:
+        skipped = results.get("detectors_skipped")
+        return (["## Table 2", "", f"Not computed: {skipped}.", ""] if skipped else []), []
+    columns = [*DETECTORS, "mean"]
+    rows = {METHODS[k].label: v["class_iou"] | {"mean": v["iou"]} for k, v in results["detectors"]["scores"].items()}
+    lines = [f"## Table 2: IoU per BrixIA-like detector ({results['detectors']['pairs']} pairs)", "",
+             markdown_table(rows, columns), "",
+             "Ground truth: the zones whose score the detector looks for (3; 2; 0 or 1).", ""]
+    return lines, [("table2_detectors.csv", rows, columns)]
+
+
+def _table3(results: dict):
+    if "table3" not in results:
+        return [], []
+    t3, columns = results["table3"], [*FINDINGS, "mean"]
+    rows = {"BCE": t3["bce"]["class_iou"] | {"mean": t3["bce"]["iou"]},
+            "weighted BCE": t3["weighted_bce"]["class_iou"] | {"mean": t3["weighted_bce"]["iou"]}}
+    quality = {"BCE": t3["bce"], "weighted BCE": t3["weighted_bce"]}
+    lines = ["## Table 3: Inverse IBA IoU per finding, BCE vs weighted BCE", "", markdown_table(rows, columns), "",
+             f"Classifier quality on {t3['auc_images']} held-out images:", "",
+             markdown_table(quality, ["mean_auc", "mean_ap"]), ""]
+    return lines, [("table3_bce_vs_weighted.csv", rows, columns)]
+
+
+def _regression(results: dict):
+    if "regression" not in results:
+        return [], []
+    scores = results["regression"]["scores"]
+    rows = {method_label(k): v for k, v in scores.items()}
+    lines, tables = [], []
+    if "pcc" in next(iter(scores.values())):
+        lines += [f"## Severity-map correlation ({results['regression']['images']} images)", "",
+                  markdown_table(rows, ["pcc"]), "",
+                  "Pearson correlation of each map with the per-pixel severity map "
+                  "(each pixel its zone's score; the paper's PCC).", ""]
+        tables.append(("severity_pcc.csv", rows, ["pcc"]))
+    else:
+        lines += ["## Severity-map correlation", "", f"Not computed: {results['regression_pcc_skipped']}.", ""]
+    sensitivity = {k: v["sensitivity_n"] for k, v in rows.items() if "sensitivity_n" in v}
+    ns = sorted(next(iter(sensitivity.values())))
+    lines += ["## Sensitivity-N of the regression losses (Fig. 3b)", "",
+              markdown_table(sensitivity, ns), "", "![](fig3b_sensitivity_n.png)", ""]
+    return lines, tables
+
+
+def _claims(results: dict):
+    if not results["claims"]:
+        return [], []
+    lines = ["## The paper's claims, measured here", "", "| claim | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['measured']} | **{c['verdict']}** |" for c in results["claims"]]
+    return lines + [""], []
+
+
+def _timings(results: dict):
+    timings: Dict[str, dict] = {}
+    for study in ("nih", "detectors", "regression"):
+        for key, value in results.get(study, {}).get("scores", {}).items():
+            if key != "random":
+                timings.setdefault(method_label(key), {})[study] = value["seconds_per_map"]
+    if not timings:
+        return [], []
+    return ["## Seconds per map", "", markdown_table(timings, ["nih", "detectors", "regression"]), "",
+            "Batched where the method batches (the IBA family, Captum's methods); TorchRay's "
+            "extremal perturbation takes one image at a time.", ""], []
+
+
+def _figures(results: dict):
+    figures = results["figures"]
+    if not figures:
+        return [], []
+    return ["## Figures", ""] + [f"![{name}]({path})" for name, path in figures.items()] + [""], []
+
+
+def _notes(results: dict):
+    layers = results.get("layers")
+    where = []
+    if layers:
+        where = [f"- Grad-CAM at `{layers['cam']}`; excitation backprop, IBA, Inverse IBA and Regression IBA at "
+                 f"`{layers['bottleneck']}`; Multi-layer IBA at {', '.join(f'`{n}`' for n in layers['multilayer'])} "
+                 "(`masked`, threshold from the method suite)."]
+    return ["## Notes", "",
+            "- TorchRay's methods and Captum's LRP run on an in-place-free copy of each model "
+            "(same weights, same function; `captum_iba.methods.inplace_free_copy`): TorchRay 1.0's "
+            "grad_cam at `features.norm5` fails on torchvision DenseNet's in-place ReLU otherwise.",
+            *where, ""], []
+
+
+SECTIONS = (_head, _table1, _table2, _table3, _regression, _claims, _timings, _figures, _notes)
+
+
+def write_report(results: dict, out_dir: str) -> None:
+    """Write ``report.md``, ``results.json`` and the tables as CSV into ``out_dir``, each atomically."""
+    lines: List[str] = []
+    tables: List[Table] = []
+    for section in SECTIONS:
+        section_lines, section_tables = section(results)
+        lines += section_lines
+        tables += section_tables
+    for name, rows, columns in tables:
+        _atomic_write(os.path.join(out_dir, name), _csv(rows, columns))
+    _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2, default=_json_default))
+    _atomic_write(os.path.join(out_dir, "report.md"), "\n".join(lines))
+
+
+def _csv(rows: Dict[str, dict], columns: Sequence[str]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["method", *columns])
+    for label, values in rows.items():
+        writer.writerow([label, *[values.get(c) for c in columns]])
+    return text.getvalue()
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _atomic_write(path: str, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)

@@ -1,0 +1,321 @@
+"""``captum-iba attribute``: one method's maps for a whole dataset, sharded and resumable.
+
+The dataset's items, in their fixed order, are cut into batches
+(:mod:`captum_iba.app.distributed`). Process 0 sets the run up -- it checks the
+output folder, loads the model, opens the store (refusing a changed
+configuration) and loads or estimates the feature statistics -- and shares the
+model, the items and the statistics with the others. Every process then
+computes its batches that are not done yet and writes them to the store
+(:mod:`captum_iba.app.store`): a rerun of the same command completes what is
+missing.
+
+Run it as ``captum-iba attribute ...``, ``python -m captum_iba attribute ...``
+or ``torchrun --nproc_per_node=K -m captum_iba attribute ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .._hashing import tensor_digest
+from ..cxr import PhantomCXR, collate
+from ..methods import METHODS, MethodSuite
+from ..stats import FeatureStats, estimate_stats
+from .distributed import Processes, SetupFailed, batch_seed, determinism, shard
+from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan
+from .sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, open_dataset, open_model
+from .store import BatchWriter, MethodStore, StoreError, check_out_dir, open_method_store
+
+__all__ = ["run", "set_up", "attribute_shard"]
+
+
+def _stats_digest(stats: Dict[str, FeatureStats]) -> str:
+    tensors = {f"{layer}.{key}": getattr(s, key) for layer, s in stats.items() for key in ("mean", "m2", "nonzero")}
+    return tensor_digest(tensors, prefix=str(sorted((layer, s.count) for layer, s in stats.items())))
+
+
+def _items(args: argparse.Namespace, plan: Plan, size: int) -> Dataset:
+    """The items to attribute, in their fixed order."""
+    if DATASETS[args.dataset].generated:
+        seed = HELD_OUT_PHANTOM_SEED if args.phantom_seed is None else args.phantom_seed
+        return open_dataset(args.dataset, task=plan.data_task, size=size,
+                            n=args.images or DEFAULT_PHANTOM_IMAGES, seed=seed)
+    data = open_dataset(args.dataset, args.root, size=size, split=args.split)
+    return data if args.images is None else Subset(data, range(min(args.images, len(data))))
+
+
+def _data_identity(args: argparse.Namespace, plan: Plan, items: Dataset, size: int) -> dict:
+    """What determines the items: the phantom's parameters, or the image ids of real data."""
+    if DATASETS[args.dataset].generated:
+        return {"dataset": args.dataset, "task": plan.data_task, "seed": items.seed, "images": len(items), "size": size}
+    reader, indices = (items.dataset, items.indices) if isinstance(items, Subset) else (items, range(len(items)))
+    ids = "\n".join(reader.image_ids[i] for i in indices)
+    return {"dataset": args.dataset, "split": args.split, "images": len(items), "size": size,
+            "ids_sha256": hashlib.sha256(ids.encode()).hexdigest()}
+
+
+def _estimation_source(args: argparse.Namespace, plan: Plan) -> str:
+    if DATASETS[args.dataset].generated:
+        return f"phantom {plan.data_task} seed {TRAINING_PHANTOM_SEED} (the embedded models' training images)"
+    return f"{args.dataset} train split, {args.stats_samples} random items (seed 0)"
+
+
+def _estimation_data(args: argparse.Namespace, plan: Plan, size: int) -> Dataset:
+    """Training images to estimate the statistics on (see :func:`_estimation_source`)."""
+    if DATASETS[args.dataset].generated:
+        return PhantomCXR(args.stats_samples, size=size, seed=TRAINING_PHANTOM_SEED, task=plan.data_task)
+    train = open_dataset(args.dataset, args.root, size=size, split="train")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.stats_samples]
+    return Subset(train, pick.tolist())
+
+
+def _load_stats_option(path: str, layers: Sequence[str]) -> Dict[str, FeatureStats]:
+    """``--stats``: one file for a one-layer method, or a folder of ``<layer>.pt`` files."""
+    folder = Path(path)
+    if folder.is_dir():
+        files = {layer: folder / f"{layer}.pt" for layer in layers}
+        for file in files.values():
+            if not file.is_file():
+                raise UsageError(f"--stats {folder}: no {file.name} (one FeatureStats file per layer, <layer>.pt)")
+    elif len(layers) == 1:
+        files = {layers[0]: folder}
+    else:
+        raise UsageError(f"--stats: the method needs the statistics of {len(layers)} layers: "
+                         f"pass a folder holding {', '.join(f'{layer}.pt' for layer in layers)}")
+    return {layer: FeatureStats.load(file) for layer, file in files.items()}
+
+
+def _estimate_stats(model: nn.Module, args: argparse.Namespace, plan: Plan, size: int,
+                    device: torch.device) -> Dict[str, FeatureStats]:
+    data = _estimation_data(args, plan, size)
+    loader = DataLoader(data, batch_size=32, collate_fn=collate, num_workers=args.workers)
+    modules = dict(model.named_modules())
+    stats = estimate_stats(model, [modules[layer] for layer in plan.stats_layers],
+                           (batch["image"].to(device) for batch in loader),
+                           min(args.stats_samples, len(data)), progress=True)
+    return dict(zip(plan.stats_layers, stats))
+
+
+def _versions(method: str) -> dict:
+    """Versions of the libraries that compute the method's maps."""
+    versions = {"captum_iba": __version__}
+    family = METHODS[method].family
+    if family != "captum_iba":
+        versions[family] = importlib.metadata.version(family)
+    return versions
+
+
+@dataclass
+class Setup:
+    """What process 0 prepares and shares: the same model, items and statistics for all."""
+
+    model: nn.Module
+    items: Dataset
+    stats: Dict[str, FeatureStats]
+    config_hash: str
+    done: set
+    run_id: str
+
+
+def set_up(args: argparse.Namespace, plan: Plan, device: torch.device) -> Setup:
+    """Process 0's part: folder check, model, configuration, store, statistics."""
+    out = check_out_dir(args.out)  # before the model, which may take minutes to train
+    model = open_model(plan.model_task, args.checkpoint, **plan.embedded_overrides)
+    modules = dict(model.named_modules())
+    missing = [layer for layer in plan.stats_layers if layer not in modules]
+    if missing:
+        raise UsageError(f"--layer: the model has no layer {missing[0]!r}")
+    size = args.size or model.input_size
+    items = _items(args, plan, size)
+    given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None
+    stats_identity = None
+    if plan.stats_layers:
+        stats_identity = ({"sha256": _stats_digest(given)} if given else
+                          {"estimated_from": _estimation_source(args, plan), "samples": args.stats_samples})
+    config = {
+        "method": plan.method,
+        "options": plan.options,
+        "model": {"task": plan.model_task, "weights_sha256": tensor_digest(model.state_dict())},
+        "data": _data_identity(args, plan, items, size),
+        "targets": list(plan.targets) if plan.targets else ("single output" if plan.label_key is None else
+                                                           f"positive {plan.label_key}, else top prediction"),
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "stats": stats_identity,
+        "versions": _versions(plan.method),
+    }
+    store = open_method_store(out, plan.method_key, config, overwrite=args.overwrite)
+    # A resumed run uses the statistics its first run stored, never a new estimate.
+    stats = store.load_stats(plan.stats_layers)
+    if stats is None:
+        stats = given or _estimate_stats(model.to(device), args, plan, size, device)
+        store.save_stats(stats)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+    return Setup(model.cpu(), items, stats, store.config_hash, store.done_batches(), run_id)
+
+
+def _attach(out: str, plan: Plan, config_hash: str, rank: int) -> MethodStore:
+    """The store process 0 opened, as this process sees it."""
+    try:
+        store = MethodStore(Path(out).expanduser().absolute() / plan.method_key)
+    except StoreError:
+        store = None
+    if store is None or store.config_hash != config_hash:
+        raise StoreError(f"--out {out}: process {rank} does not see the store process 0 opened; "
+                         "across machines, --out must be a folder they all share")
+    return store
+
+
+# Attribution of one batch.
+
+
+def _targets(batch: dict, plan: Plan, model: nn.Module, device: torch.device) -> List[List[int]]:
+    """The outputs to explain per item: ``--target``, else its positive labels, else its top prediction."""
+    n = len(batch["image_id"])
+    if plan.label_key is None:
+        return [[-1]] * n
+    if plan.targets is not None:
+        return [list(plan.targets)] * n
+    positives = [torch.nonzero(row).flatten().tolist() for row in batch[plan.label_key]]
+    if all(positives):
+        return positives
+    with torch.no_grad():
+        top = model(batch["image"].to(device)).argmax(1).tolist()
+    return [labels or [best] for labels, best in zip(positives, top)]
+
+
+def _attribute_batch(suite: MethodSuite, plan: Plan, batch: dict, rows: Sequence[Tuple[int, int]],
+                     seed: int, device: torch.device) -> np.ndarray:
+    """Maps of ``rows`` ((item position, target) pairs), shape (len(rows), 1, h, w)."""
+    positions = [position for position, _ in rows]
+    images = batch["image"][positions].to(device)
+    options = {}
+    if plan.label_key is None:
+        target = None
+        options["loss"] = plan.options["loss"]
+        if plan.options["loss"] == "mse":
+            options["target_values"] = batch["score"][positions].to(device)
+    else:
+        target = torch.tensor([t for _, t in rows], device=device)
+    torch.manual_seed(seed)  # for methods that draw from the global generator
+    return suite.attribute(plan.method, images, target, seed=seed, **options).cpu().numpy()
+
+
+def _suite(model: nn.Module, plan: Plan, stats: Dict[str, FeatureStats]) -> MethodSuite:
+    iba_options = {}
+    if plan.options:
+        iba_options = {"steps": plan.options["steps"], "batch_size": plan.options["noise_draws"]}  # noise draws (renamed noise_draws in attr)
+        if plan.options["beta"] is not None:
+            iba_options["beta"] = plan.options["beta"]
+    suite_layers = {"layer": plan.layer}
+    if METHODS[plan.method].layers == "multilayer":
+        suite_layers["multilayer_layers"] = plan.stats_layers
+        suite_layers["multilayer_threshold"] = plan.options["threshold"]
+    return MethodSuite(model, task=plan.task, stats=stats, iba_options=iba_options, **suite_layers)
+
+
+@dataclass
+class Tally:
+    """One process's work in a run."""
+
+    items: int = 0
+    maps: int = 0
+    seconds: float = 0.0
+
+
+def attribute_shard(args: argparse.Namespace, plan: Plan, setup: Setup, processes: Processes,
+                    writer: BatchWriter) -> Tally:
+    """Compute and store this process's batches that are not done yet."""
+    device = processes.device
+    model = setup.model.to(device)
+    suite = _suite(model, plan, setup.stats)
+    pending = [(b, items) for b, items in shard(len(setup.items), args.batch_size, processes.rank, processes.world)
+               if b not in setup.done]
+    loader = DataLoader(setup.items, batch_sampler=[list(items) for _, items in pending],
+                        collate_fn=collate, num_workers=args.workers)
+    tally = Tally()
+    description = plan.method_key + (f" (process 0 of {processes.world})" if processes.world > 1 else "")
+    start = time.perf_counter()
+    with tqdm(total=sum(len(items) for _, items in pending), desc=description, unit="img",
+              disable=processes.rank != 0) as bar:
+        for (b, _), batch in zip(pending, loader):
+            rows = [(position, target) for position, targets in enumerate(_targets(batch, plan, model, device))
+                    for target in targets]
+            keys = [(batch["image_id"][position], target) for position, target in rows]
+            writer.started(b, keys)
+            maps = _attribute_batch(suite, plan, batch, rows, batch_seed(args.seed, b), device)
+            writer.done(b, keys, maps)
+            tally.items += len(batch["image_id"])
+            tally.maps += len(keys)
+            bar.update(len(batch["image_id"]))
+    tally.seconds = time.perf_counter() - start
+    return tally
+
+
+def _summarise(args: argparse.Namespace, plan: Plan, setup: Setup, tallies: List[Tally],
+               store: MethodStore, processes: Processes) -> None:
+    """Print the run's summary and log it in the store (process 0)."""
+    items, maps = sum(t.items for t in tallies), sum(t.maps for t in tallies)
+    seconds = max(t.seconds for t in tallies)
+    skipped = sum(len(r) for b, r in shard(len(setup.items), args.batch_size, 0, 1) if b in setup.done)
+    rate = maps / seconds if seconds > 0 else 0.0
+    store.log_run({"run_id": setup.run_id, "processes": processes.world, "device": processes.device.type,
+                   "items": items, "skipped": skipped, "maps": maps, "seconds": round(seconds, 3),
+                   "maps_per_s": round(rate, 3)})
+    print(f"captum-iba attribute: {plan.method_key} on {len(setup.items)} items: {items} computed, "
+          f"{skipped} already done; {maps} maps in {seconds:.1f} s = {rate:.2f} maps/s "
+          f"({processes.world} process{'es' if processes.world > 1 else ''}, {processes.device.type}); "
+          f"store: {store.folder.parent} (captum_iba.io.read_maps)", flush=True)
+
+
+def _plan_and_set_up(args: argparse.Namespace, device: torch.device) -> Tuple[Plan, Setup]:
+    plan = make_plan(args)
+    return plan, set_up(args, plan, device)
+
+
+def _run(args: argparse.Namespace, processes: Processes) -> None:
+    with determinism(processes.device, args.threads):
+        plan, setup = processes.share(lambda: _plan_and_set_up(args, processes.device))
+        store = _attach(args.out, plan, setup.config_hash, processes.rank)
+        writer = BatchWriter(store, setup.run_id, processes.rank)
+        tallies = processes.gather(attribute_shard(args, plan, setup, processes, writer))
+        if processes.rank == 0:
+            _summarise(args, plan, setup, tallies, store, processes)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``captum-iba attribute`` with parsed arguments; returns the exit status.
+
+    A refused request (an argument that does not fit, an output folder that
+    cannot be used, a changed configuration, a missing or unreadable file)
+    prints one line naming the cause on standard error and returns 2; under
+    torchrun, process 0 reports what went wrong while it set the run up.
+    """
+    processes = None
+    try:
+        processes = Processes(args.device)
+        _run(args, processes)
+        return 0
+    except SetupFailed:
+        return 2
+    except (ValueError, OSError, StoreError) as error:
+        where = f" (process {processes.rank})" if processes is not None and processes.world > 1 else ""
+        print(f"captum-iba attribute: error{where}: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if processes is not None:
+            processes.close()

@@ -1,0 +1,260 @@
+"""The paper's studies on held-out chest X-rays: they compute, :mod:`captum_iba.app.report` renders.
+
+* :func:`nih_study` -- the 8-finding classifier: every method's map per
+  (image, finding) pair scored by IoU (Table 1), the pointing game and
+  insertion/deletion AUC (Fig. 2); Inverse IBA vs IBA on findings drawn in two
+  places (Fig. 1); Inverse IBA with BCE vs weighted BCE (Table 3).
+* :func:`detector_study` -- BrixIA's three detectors: IoU per detector (Table 2).
+* :func:`regression_study` -- the severity regressor: Regression IBA's losses
+  and the baselines by severity-map PCC and sensitivity-N (Fig. 3).
+
+Each study fills ``results`` (JSON-ready numbers) and ``figures`` (what to
+draw: :class:`Figure`, a viz function and its data); :func:`run_studies` runs
+every study the inputs allow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .. import viz
+from ..cxr import DETECTORS, FINDINGS, evaluate
+from ..methods import METHODS, MethodSuite
+from ..objectives import REGRESSION_LOSSES
+from .evaluation import (
+    EvaluationSettings,
+    MethodMaps,
+    attribute_all,
+    component_coverage,
+    detector_pairs,
+    finding_pairs,
+    items_with,
+    localisation_scores,
+    random_maps,
+    regression_scores,
+)
+
+__all__ = ["ReportInputs", "Figure", "run_studies", "nih_study", "detector_study", "regression_study",
+           "method_label"]
+
+# Fewer pairs than this leave a claim "not measurable here".
+MIN_CLAIM_PAIRS = 8
+
+
+class Figure:
+    """A figure to draw: ``function(*args, path=..., **kwargs)`` of :mod:`captum_iba.viz`."""
+
+    def __init__(self, function: Callable, *args, **kwargs) -> None:
+        self.function, self.args, self.kwargs = function, args, kwargs
+
+    def draw(self, path: str) -> None:
+        self.function(*self.args, path=path, **self.kwargs)
+
+
+@dataclass
+class ReportInputs:
+    """What the report runs on.
+
+    Attributes
+    ----------
+    nih : Dataset, optional
+        Held-out NIH-style items (``labels``, ``masks``).
+    brixia : Dataset, optional
+        Held-out BrixIA-style items (``zone_masks``, ``severity_map`` where known).
+    nih_estimation, brixia_estimation : Dataset, optional
+        Items to estimate the IBA statistics from (training distribution).
+    models : dict
+        Any of ``"nih_bce"``, ``"nih_weighted_bce"``, ``"brixia_regression"``,
+        ``"brixia_detectors"`` -> model.
+    images : int
+        Held-out images per study.
+    auc_images : int
+        Held-out images for the AUC/AP of Table 3.
+    description : str
+        One line on the data and models, for the report's head.
+    """
+
+    models: Dict[str, nn.Module]
+    nih: Optional[Dataset] = None
+    brixia: Optional[Dataset] = None
+    nih_estimation: Optional[Dataset] = None
+    brixia_estimation: Optional[Dataset] = None
+    images: int = 16
+    auc_images: int = 200
+    description: str = ""
+    suite_options: dict = field(default_factory=dict)
+
+
+def run_studies(inputs: ReportInputs, settings: EvaluationSettings, progress: bool = True, log=print):
+    """Every study the inputs allow (a study runs when its data and model are given).
+
+    Returns
+    -------
+    (dict, dict)
+        The results (JSON-ready: per-study numbers and ``study_seconds``) and
+        the figures to draw (name -> :class:`Figure`).
+    """
+    results: dict = {"study_seconds": {}}
+    figures: Dict[str, Figure] = {}
+    for study, data, model_name in ((nih_study, inputs.nih, "nih_bce"),
+                                    (detector_study, inputs.brixia, "brixia_detectors"),
+                                    (regression_study, inputs.brixia, "brixia_regression")):
+        if data is not None and model_name in inputs.models:
+            started = time.perf_counter()
+            study(inputs, results, figures, settings, progress, log)
+            results["study_seconds"][model_name] = time.perf_counter() - started
+            log(f"  done in {results['study_seconds'][model_name]:.0f} s")
+    return results, figures
+
+
+def _images_of(dataset: Dataset, n: int):
+    return list(range(min(n, len(dataset))))
+
+
+def _stack_images(items) -> torch.Tensor:
+    return torch.stack([item["image"] for item in items])
+
+
+def _suite(model, task, estimation, inputs: ReportInputs, progress) -> MethodSuite:
+    loader = torch.utils.data.DataLoader(estimation, batch_size=64, collate_fn=_stack_images)
+    return MethodSuite(model, task=task, data=loader, n_samples=min(len(estimation), 256),
+                       progress=progress, **inputs.suite_options)
+
+
+def nih_study(inputs, results, figures, settings, progress, log) -> None:
+    model = inputs.models["nih_bce"]
+    pairs = finding_pairs(inputs.nih, items_with(inputs.nih, "labels", inputs.images), FINDINGS)
+    log(f"NIH-like study: {len(pairs)} (image, finding) pairs from {inputs.images} images with findings")
+    suite = _suite(model, "classification", inputs.nih_estimation, inputs, progress)
+    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress)
+    scores = localisation_scores(model, pairs, maps, settings, progress)
+    # Findings drawn in two places (bilateral effusion, two nodules) are rare: look for them in
+    # the whole held-out pool, and run only the two methods the claim compares.
+    pool = finding_pairs(inputs.nih, range(len(inputs.nih)), FINDINGS)
+    two_part = pool.subset(pool.multipart()[: max(inputs.images, MIN_CLAIM_PAIRS)])
+    two_part_maps = attribute_all(suite, ["iba", "inverse"], two_part.images, two_part.targets, settings, progress)
+    coverage = {k: component_coverage(v.maps, two_part.masks) for k, v in two_part_maps.items()}
+    results["layers"] = {"bottleneck": suite.layer, "multilayer": list(suite.multilayer_layers),
+                         "cam": suite.cam_layer}
+    results["nih"] = {"pairs": len(pairs), "images": inputs.images, "scores": scores,
+                      "coverage": {k: {"coverage": c, "pairs": n} for k, (c, n) in coverage.items()}}
+    log("  mean IoU: " + ", ".join(f"{METHODS[k].label} {v['iou']:.3f}" for k, v in scores.items()))
+    _figure_methods(figures, "fig4_methods", pairs, maps, count=4)
+    _figure_inverse(figures, two_part, two_part_maps)
+    figures["fig2_insertion_deletion"] = Figure(
+        viz.scatter, {METHODS[k].label: v["deletion_auc"] for k, v in scores.items()},
+        {METHODS[k].label: v["insertion_auc"] for k, v in scores.items()},
+        xlabel="deletion AUC (lower is better)", ylabel="insertion AUC (higher is better)",
+        title="Fig. 2: insertion vs deletion")
+
+    if "nih_weighted_bce" in inputs.models:
+        weighted = inputs.models["nih_weighted_bce"]
+        weighted_suite = _suite(weighted, "classification", inputs.nih_estimation, inputs, progress)
+        weighted_maps = attribute_all(weighted_suite, ["inverse"], pairs.images, pairs.targets, settings, progress)
+        weighted_scores = localisation_scores(weighted, pairs, weighted_maps, settings, progress, perturbation=False)
+        auc_items = _images_of(inputs.nih, inputs.auc_images)
+        held_out = torch.utils.data.Subset(inputs.nih, auc_items)
+        results["table3"] = {
+            "bce": {"class_iou": scores["inverse"]["class_iou"], "iou": scores["inverse"]["iou"],
+                    **_classifier_quality(model, held_out)},
+            "weighted_bce": {"class_iou": weighted_scores["inverse"]["class_iou"],
+                             "iou": weighted_scores["inverse"]["iou"], **_classifier_quality(weighted, held_out)},
+            "auc_images": len(auc_items),
+        }
+
+
+def _classifier_quality(model, dataset) -> dict:
+    quality = evaluate(model, dataset, target="labels")
+    return {"mean_auc": quality["mean_auc"], "mean_ap": quality["mean_ap"]}
+
+
+def detector_study(inputs, results, figures, settings, progress, log) -> None:
+    item = inputs.brixia[0]
+    if "zone_masks" not in item:
+        results["detectors_skipped"] = "the BrixIA items have no zone masks (no lung segmentation)"
+        return
+    model = inputs.models["brixia_detectors"]
+    pairs = detector_pairs(inputs.brixia, items_with(inputs.brixia, "detectors", inputs.images), DETECTORS)
+    log(f"BrixIA-like detector study: {len(pairs)} (image, detector) pairs")
+    suite = _suite(model, "classification", inputs.brixia_estimation, inputs, progress)
+    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress)
+    scores = localisation_scores(model, pairs, maps, settings, progress, perturbation=False)
+    results["detectors"] = {"pairs": len(pairs), "scores": scores}
+
+
+def regression_study(inputs, results, figures, settings, progress, log) -> None:
+    model = inputs.models["brixia_regression"]
+    items = [inputs.brixia[i] for i in _images_of(inputs.brixia, inputs.images)]
+    images = torch.stack([item["image"] for item in items])
+    has_severity = "severity_map" in items[0]
+    log(f"BrixIA-like regression study: {len(items)} images")
+    suite = _suite(model, "regression", inputs.brixia_estimation, inputs, progress)
+    scores_true = torch.tensor([float(item["score"]) for item in items])
+    maps: Dict[str, MethodMaps] = {}
+    for loss in REGRESSION_LOSSES:
+        maps[f"regression_{loss}"] = _single(attribute_all(
+            suite, ["regression"], images, None, settings, progress,
+            target_values=scores_true if loss == "mse" else None, loss=loss,
+        ))
+    baselines = [name for name in suite.names if name != "regression"]
+    maps.update(attribute_all(suite, baselines, images, None, settings, progress))
+    maps["random"] = MethodMaps(random_maps(maps["regression_deviation"].maps, settings.seed), 0.0)
+    if not has_severity:
+        results["regression_pcc_skipped"] = "the BrixIA items have no severity map (no zone masks)"
+        severity = torch.zeros(len(items), *images.shape[-2:])
+    else:
+        severity = torch.stack([item["severity_map"] for item in items]).float()
+    scores = regression_scores(model, images, severity, maps, settings,
+                               sensitivity_methods=[f"regression_{loss}" for loss in REGRESSION_LOSSES] + ["random"],
+                               progress=progress)
+    if not has_severity:
+        for value in scores.values():
+            value.pop("pcc")
+    results["regression"] = {"images": len(items), "scores": scores}
+    curves = {method_label(k): [v["sensitivity_n"][n] for n in sorted(v["sensitivity_n"])]
+              for k, v in scores.items() if "sensitivity_n" in v}
+    ns = sorted(next(v["sensitivity_n"] for v in scores.values() if "sensitivity_n" in v))
+    figures["fig3b_sensitivity_n"] = Figure(viz.curves, ns, curves, xlabel="n (pixels removed)", ylabel="Pearson r (attribution sum vs output drop)",
+               title="Fig. 3b: sensitivity-N of the regression losses", logx=True)
+    if has_severity:
+        shown = {method_label(f"regression_{loss}"): maps[f"regression_{loss}"].maps[:4] for loss in REGRESSION_LOSSES}
+        shown = {"severity map": severity[:4, None], **shown}
+        figures["fig3a_regression"] = Figure(viz.method_grid, images[:4], shown,
+                                             row_labels=[f"score {int(s)}" for s in scores_true[:4]])
+
+
+def _single(maps: Dict[str, MethodMaps]) -> MethodMaps:
+    """The one method's result of an ``attribute_all`` call."""
+    (only,) = maps.values()
+    return only
+
+
+def method_label(key: str) -> str:
+    if key.startswith("regression_"):
+        return f"Regression IBA ({key.split('_', 1)[1]})"
+    if key == "random":
+        return "random map"
+    return METHODS[key].label
+
+
+def _figure_methods(figures, name, pairs, maps, count) -> None:
+    chosen = list(range(min(count, len(pairs))))
+    shown = {METHODS[k].label.replace(" (", "\n("): v.maps[chosen] for k, v in maps.items()}
+    figures[name] = Figure(viz.method_grid, pairs.images[chosen], shown, masks=pairs.masks[chosen],
+                    row_labels=[f"{pairs.image_ids[i]}\n{pairs.class_names[pairs.targets[i]]}" for i in chosen])
+
+
+def _figure_inverse(figures, pairs, maps) -> None:
+    """Fig. 1: IBA and Inverse IBA where a finding is drawn in two places."""
+    if not len(pairs):
+        return
+    chosen = list(range(min(3, len(pairs))))
+    shown = {"IBA": maps["iba"].maps[chosen], "Inverse IBA": maps["inverse"].maps[chosen]}
+    figures["fig1_inverse_vs_iba"] = Figure(viz.method_grid, pairs.images[chosen], shown, masks=pairs.masks[chosen],
+                    row_labels=[pairs.class_names[pairs.targets[i]] for i in chosen])
