@@ -225,9 +225,9 @@ def check_output(outputs, name: str = "forward_func") -> Tensor:
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
     """Return ``value`` as an int if it is an integer (not a bool) >= ``minimum``."""
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
 
 
