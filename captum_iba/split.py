@@ -13,6 +13,7 @@ output through a forward hook. Both give the same outputs for the same ``Z``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -247,7 +248,8 @@ class FxSplit:
     Raises
     ------
     ValueError
-        If the model does not trace, calls the layer more than once
+        If the model does not trace, has optional forward arguments, calls
+        the layer more than once
         (:class:`LayerReusedError`), reads a shape before the layer that the
         rest uses, or its output does not depend on the layer.
     """
@@ -255,6 +257,11 @@ class FxSplit:
     mode = "fx"
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+        optional = [p.name for p in inspect.signature(model.forward).parameters.values()
+                    if p.default is not inspect.Parameter.empty]
+        if optional:
+            # The trace takes every branch an argument could take (``if x2 is not None``).
+            raise ValueError(f"forward has optional arguments {optional}: the trace cannot follow them")
         try:
             graph = _LeafTracer(layer).trace(model)
         except Exception as error:  # tracing fails in many ways on dynamic code
