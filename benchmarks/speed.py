@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--draws", type=int, default=10, help="noise draws per step (batch_size)")
+    parser.add_argument("--draws", type=int, default=10, help="noise draws per step (noise_draws)")
     parser.add_argument("--images", type=int, default=None, help="batch for the batched run (8 CPU, 32 GPU)")
     parser.add_argument("--naive-images", type=int, default=2, help="images timed with the naive loop")
     parser.add_argument("--quick", action="store_true", help="64 px, 2 steps: a smoke run")
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     layer = model.features.denseblock3
     stats = synthetic_stats(model, layer, args.size, device)
     x = torch.randn(images, 3, args.size, args.size, device=device)
-    iba = IBA(model, layer, stats=stats, loss="bce", steps=args.steps, batch_size=args.draws)
+    iba = IBA(model, layer, stats=stats, loss="bce", steps=args.steps, noise_draws=args.draws)
     iba.attribute(x[:1], target=0, seed=0)  # warm-up: tracing, allocator
 
     rows = []

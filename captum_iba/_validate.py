@@ -1,34 +1,273 @@
-"""Checking and formatting what users pass: one place for the library's validation."""
+"""Argument validation shared by the attributions and the metrics: one place, one wording.
+
+Every function checks one argument and returns it in the form the library
+computes with, or raises a ``TypeError`` / ``ValueError`` that names the
+argument and says what was expected.
+
+Targets follow Captum's ``TargetType`` exactly (``captum._utils.common.
+_select_targets``): for a batch of N samples,
+
+* ``int`` (or a one-element integer tensor): ``output[:, t]`` for every sample;
+* ``tuple`` of ints: one index into a multi-dimensional output, ``output[:, i, j]``
+  for every sample (not a per-sample list);
+* 1-D integer tensor or list of ints with N entries: ``output[k, t_k]``;
+* list of N tuples: ``output[(k, *t_k)]``.
+
+Indices follow Python's indexing (``-1`` is the last output). Booleans are
+refused in every form: ``True`` is not an output index.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import Tuple, Union
+import numbers
+from typing import Optional, Tuple
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from .attr._base import format_target
+__all__ = [
+    "format_target",
+    "select_targets",
+    "flat_targets",
+    "check_output",
+    "check_positive_int",
+    "check_number",
+    "find_layer",
+]
 
-__all__ = ["format_target", "resolve_layer"]
+_TARGET_FORMS = (
+    "an int, a tuple of ints (one index into a multi-dimensional output), a 1-D integer "
+    "tensor or a list of ints (one per sample), or a list of tuples (one per sample)"
+)
 
-LayerSpec = Union[str, nn.Module]
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def resolve_layer(model: nn.Module, layer: LayerSpec, name: str = "saliency_layer") -> Tuple[str, nn.Module]:
-    """``(qualified name, module)`` for a layer given by name or as a module.
+def _index_tuple(value, name: str) -> Tuple[int, ...]:
+    if not value or not all(_is_int(v) for v in value):
+        raise TypeError(f"{name} must be a non-empty tuple of ints, got {value!r}")
+    return tuple(int(v) for v in value)
 
-    Raises ``ValueError`` for a name the model does not have (listing the
-    closest names) or a module that is not inside the model.
+
+def format_target(target, n: int, device=None) -> Optional[Tensor]:
+    """Captum's ``target`` for ``n`` samples as an int64 index tensor, or None.
+
+    Parameters
+    ----------
+    target : None, int, tuple, Tensor, list of int or list of tuple
+        As Captum's ``TargetType`` (see the module docstring).
+    n : int
+        Number of samples.
+    device : torch.device, optional
+        Where the result lives.
+
+    Returns
+    -------
+    None or Tensor
+        Shape ``(n,)`` for the one-index forms (int, list of ints, tensor, and
+        1-tuples), ``(n, k)`` for k-tuples and lists of k-tuples: row ``i``
+        holds the indices into sample ``i``'s output. Negative indices are
+        kept; :func:`select_targets` resolves them against the output shape.
+
+    Raises
+    ------
+    TypeError
+        Booleans, floats, mixed lists, or other types.
+    ValueError
+        A per-sample form without one entry per sample, or tuples of
+        different lengths.
+
+    Examples
+    --------
+    >>> format_target(2, 3)
+    tensor([2, 2, 2])
+    >>> format_target((1, 0), 2)
+    tensor([[1, 0],
+            [1, 0]])
     """
-    names = {module: qualified for qualified, module in model.named_modules()}
+    if target is None:
+        return None
+    if _is_int(target):
+        indices = torch.full((n,), int(target), dtype=torch.long)
+    elif isinstance(target, tuple):
+        row = torch.tensor(_index_tuple(target, "target (a tuple)"), dtype=torch.long)
+        indices = row.expand(n, -1).clone()
+    elif isinstance(target, Tensor):
+        indices = _tensor_target(target, n)
+    elif isinstance(target, list):
+        indices = _list_target(target, n)
+    else:
+        raise TypeError(f"target must be None, {_TARGET_FORMS}; got {type(target).__name__}")
+    if indices.dim() == 2 and indices.shape[1] == 1:
+        indices = indices[:, 0]  # (t,) means what t means
+    return indices.to(device) if device is not None else indices
+
+
+def _tensor_target(target: Tensor, n: int) -> Tensor:
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target must hold integer indices, got a tensor of dtype {target.dtype}")
+    if target.numel() == 1:  # Captum reads a one-element tensor as an int
+        return target.detach().reshape(1).expand(n).long().cpu()
+    if target.dim() != 1 or target.shape[0] != n:
+        raise ValueError(
+            f"a tensor target must be one index, or 1-D with one index per sample ({n}); "
+            f"got shape {tuple(target.shape)}"
+        )
+    return target.detach().long().cpu()
+
+
+def _list_target(target: list, n: int) -> Tensor:
+    if len(target) != n:
+        raise ValueError(
+            f"a list target must hold one entry per sample ({n}), got {len(target)} entries; "
+            "for one index into a multi-dimensional output pass a tuple"
+        )
+    if all(_is_int(t) for t in target):
+        return torch.tensor([int(t) for t in target], dtype=torch.long)
+    if all(isinstance(t, tuple) for t in target):
+        rows = [_index_tuple(t, f"target[{i}]") for i, t in enumerate(target)]
+        if len({len(row) for row in rows}) != 1:
+            raise ValueError(f"the tuples of a list target must have one length, got {target!r}")
+        return torch.tensor(rows, dtype=torch.long)
+    raise TypeError(f"a list target must hold only ints or only tuples of ints, got {target!r}")
+
+
+def flat_targets(target: Optional[Tensor], output_shape) -> Optional[Tensor]:
+    """Indices from :func:`format_target` as flat indices into each sample's output.
+
+    Parameters
+    ----------
+    target : Tensor (n,) or (n, k), or None
+    output_shape : tuple of int
+        The shape of one sample's output, e.g. ``(K,)``.
+
+    Returns
+    -------
+    None or Tensor, shape (n,)
+        Index of the selected element of ``output[i].flatten()``.
+
+    Raises
+    ------
+    ValueError
+        If the target does not select one value per sample (it indexes more
+        or fewer dimensions than the output has) or is out of range.
+    """
+    if target is None:
+        return None
+    shape = tuple(output_shape) or (1,)  # one value per sample: index 0 (or -1) selects it
+    k = 1 if target.dim() == 1 else target.shape[1]
+    if len(shape) != k:
+        form = "an int or one index per sample" if k == 1 else f"{k} indices per sample"
+        raise ValueError(
+            f"target ({form}) must select one value per sample, but the model returns outputs "
+            f"of shape {shape} per sample: pass {max(len(shape), 1)} index/indices per sample "
+            "(a tuple for a multi-dimensional output), or None for a single output"
+        )
+    columns = target.view(-1, k)
+    sizes = torch.tensor(shape, dtype=torch.long, device=target.device)
+    if ((columns < -sizes) | (columns >= sizes)).any():
+        ranges = " x ".join(f"[{-size}, {size - 1}]" for size in shape)
+        raise ValueError(
+            f"target indices must lie in {ranges} for a model with outputs of shape {shape} "
+            f"per sample, got {target.tolist()}"
+        )
+    columns = torch.where(columns < 0, columns + sizes, columns)
+    strides = torch.tensor(
+        [int(torch.tensor(shape[i + 1:]).prod()) for i in range(k)], dtype=torch.long,
+        device=target.device,
+    )
+    return (columns * strides).sum(1)
+
+
+def select_targets(outputs: Tensor, target: Optional[Tensor]) -> Tensor:
+    """The selected output of every row, shape (M,), as Captum's ``_select_targets``.
+
+    ``target`` comes from :func:`format_target` for the M rows; None selects
+    the only output of a model with one output per row, ``(M,)`` or ``(M, 1)``.
+    """
+    if target is None:
+        if outputs.dim() == 1:
+            return outputs
+        if outputs[0].numel() == 1:
+            return outputs.reshape(outputs.shape[0])
+        raise ValueError(
+            f"target is required for a model with outputs of shape {tuple(outputs.shape[1:])} "
+            "per sample: pass the index of the output to explain"
+        )
+    flat = flat_targets(target.to(outputs.device), outputs.shape[1:])
+    return outputs.reshape(outputs.shape[0], -1).gather(1, flat[:, None])[:, 0]
+
+
+def check_output(outputs, name: str = "forward_func") -> Tensor:
+    """Return ``outputs`` if it is a tensor; otherwise say how to select the logits."""
+    if isinstance(outputs, Tensor):
+        return outputs
+    if isinstance(outputs, dict):  # also HuggingFace's ModelOutput, an OrderedDict
+        keys = list(outputs.keys())
+        key = keys[0] if keys else "logits"
+        hint = (
+            f"it returned a {type(outputs).__name__} with keys {keys}: wrap the model in a "
+            f"function that returns the tensor to explain, e.g. lambda x: model(x)[{key!r}]"
+        )
+    elif isinstance(outputs, (tuple, list)):
+        hint = (
+            f"it returned a {type(outputs).__name__} of {len(outputs)} values: wrap the model "
+            "in a function that returns the tensor to explain, e.g. lambda x: model(x)[0]"
+        )
+    else:
+        hint = f"it returned a {type(outputs).__name__}"
+    raise TypeError(f"{name} must return one tensor of outputs (N, ...); {hint}")
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an int if it is an integer (not a bool) >= ``minimum``."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_number(
+    value, name: str, minimum: Optional[float] = None, strict: bool = False,
+    maximum: Optional[float] = None,
+) -> float:
+    """Return ``value`` if it is a real number (not a bool, not NaN) within the bounds.
+
+    ``minimum`` is inclusive unless ``strict``; ``maximum`` is exclusive.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+    if maximum is not None and value >= maximum:
+        raise ValueError(f"{name} must be < {maximum}, got {value!r}")
+    return value
+
+
+def find_layer(model: nn.Module, layer, name: str = "layer") -> Tuple[str, nn.Module]:
+    """``(qualified name, module)`` of a layer of ``model`` given by name or as a module.
+
+    Raises
+    ------
+    ValueError
+        A name the model does not have (listing the closest names), or a
+        module that is not inside the model.
+    TypeError
+        Anything but a string or a module.
+    """
     if isinstance(layer, nn.Module):
-        if layer not in names:
+        found = next((qualified for qualified, m in model.named_modules() if m is layer), None)
+        if found is None:
             raise ValueError(f"{name} ({type(layer).__name__}) is not a submodule of the model")
-        return names[layer], layer
+        return found, layer
     if not isinstance(layer, str):
         raise TypeError(f"{name} must be a layer name or an nn.Module, got {type(layer).__name__}")
     modules = dict(model.named_modules())
-    if layer not in modules or layer == "":
+    if layer == "" or layer not in modules:
         close = difflib.get_close_matches(layer, [n for n in modules if n], n=5, cutoff=0.5)
         hint = f"; close names: {', '.join(close)}" if close else ""
         raise ValueError(f"{name} {layer!r} is not a layer of the model{hint}")

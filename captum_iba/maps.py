@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from skimage.filters import threshold_otsu
 
-__all__ = ["as_map_batch", "resize_map", "parse_threshold", "binarize", "rank_pixels"]
+__all__ = ["as_map_batch", "resize_map", "gaussian_blur", "parse_threshold", "binarize", "rank_pixels"]
 
 _THRESHOLD_FORMS = (
     "a number in [0, 1] (a value on the per-sample L2-normalised map), "
@@ -91,8 +91,11 @@ def _size_pair(size):
     return int(size[0]), int(size[1])
 
 
-def resize_map(maps, size, preserve_total=True):
-    """Resize maps bilinearly, by default preserving their total.
+RESIZE_MODES = ("bilinear", "bicubic", "nearest", "nearest-exact", "area")
+
+
+def resize_map(maps, size, preserve_total=True, mode="bilinear"):
+    """Resize maps (bilinearly by default), by default preserving their total.
 
     Parameters
     ----------
@@ -104,6 +107,9 @@ def resize_map(maps, size, preserve_total=True):
         Scale the resized map by ``(h * w) / (H * W)`` so its sum over pixels
         (for IBA: the total information in bits) stays what it was, up to
         interpolation at the borders. Default True.
+    mode : str, optional
+        ``torch.nn.functional.interpolate``'s mode: ``"bilinear"`` (default),
+        ``"bicubic"``, ``"nearest"``, ``"nearest-exact"`` or ``"area"``.
 
     Returns
     -------
@@ -126,17 +132,52 @@ def resize_map(maps, size, preserve_total=True):
     """
     maps = as_map_batch(maps)
     height, width = _size_pair(size)
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
     h, w = maps.shape[-2:]
     if (h, w) == (height, width):
         return maps
-    downsampling = height < h or width < w
+    smooth_modes = mode in ("bilinear", "bicubic")
     resized = F.interpolate(
-        maps, size=(height, width), mode="bilinear", align_corners=False,
-        antialias=downsampling,
+        maps, size=(height, width), mode=mode,
+        align_corners=False if smooth_modes else None,
+        antialias=smooth_modes and (height < h or width < w),
     )
     if preserve_total:
         resized = resized * (h * w / (height * width))
     return resized
+
+
+def gaussian_blur(images, sigma, kernel_size=None):
+    """Blur each channel of (N, C, H, W) images with a normalised Gaussian.
+
+    Parameters
+    ----------
+    images : torch.Tensor, shape (N, C, H, W)
+    sigma : float
+        Standard deviation in pixels (> 0).
+    kernel_size : int, optional
+        Odd kernel size; default ``2 * ceil(4 * sigma) + 1`` (TorchRay's
+        ``imsmooth``).
+
+    Returns
+    -------
+    torch.Tensor, shape (N, C, H, W)
+        Borders are padded by replication, so they are not darkened as zero
+        padding would.
+    """
+    if kernel_size is None:
+        kernel_size = 2 * math.ceil(4 * sigma) + 1
+    offsets = torch.arange(kernel_size, dtype=images.dtype, device=images.device)
+    offsets = offsets - (kernel_size - 1) / 2
+    profile = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    profile = profile / profile.sum()
+    channels = images.shape[1]
+    pad = kernel_size // 2
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    # Separable: a horizontal, then a vertical 1-D pass, one group per channel.
+    rows = F.conv2d(padded, profile.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(rows, profile.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def parse_threshold(threshold):

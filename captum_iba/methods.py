@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validate import format_target, resolve_layer
+from ._validate import find_layer, format_target
 from .attr import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
 from .maps import as_map_batch
 from .stats import FeatureStats, estimate_stats
@@ -197,6 +197,12 @@ def _extremal_perturbation(suite: "MethodSuite"):
     return attribute
 
 
+def _baseline_target(target, images: Tensor):
+    """``target`` as Captum's and TorchRay's methods take it: a per-sample tensor, or a list of tuples."""
+    target = format_target(target, images.shape[0], images.device)
+    return [tuple(row) for row in target.tolist()] if target is not None and target.dim() == 2 else target
+
+
 def _torchray_target(target):
     """TorchRay takes an int or a tensor of per-sample indices; a regressor's only output is 0."""
     return 0 if target is None else target
@@ -305,7 +311,7 @@ class MethodSuite:
         self.layer, self.multilayer_layers, self.cam_layer = layer, tuple(multilayer_layers), cam_layer
         for name, value in (("layer", layer), ("cam_layer", cam_layer),
                             *(("multilayer_layers", n) for n in self.multilayer_layers)):
-            resolve_layer(model, value, name)
+            find_layer(model, value, name)
         if stats is None:
             if data is None:
                 raise ValueError("MethodSuite needs data= to estimate the IBA statistics, or stats=")
@@ -332,7 +338,7 @@ class MethodSuite:
 
     def module(self, name: str, model: Optional[nn.Module] = None) -> nn.Module:
         """The submodule called ``name`` of ``model`` (default: the suite's model)."""
-        return resolve_layer(self.model if model is None else model, name, "layer")[1]
+        return find_layer(self.model if model is None else model, name, "layer")[1]
 
     @property
     def baseline_model(self) -> nn.Module:
@@ -361,5 +367,5 @@ class MethodSuite:
         if method.attribution is not None:
             maps = self._built[name](images, target, seed=seed, **options)
         else:
-            maps = self._built[name](images, format_target(target, images.shape[0], images.device), **options)
+            maps = self._built[name](images, _baseline_target(target, images), **options)
         return as_map_batch(maps, images.shape[0]).detach()

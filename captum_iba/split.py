@@ -13,6 +13,7 @@ output through a forward hook. Both give the same outputs for the same ``Z``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,6 +23,21 @@ from torch import Tensor, nn
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the wanted layers have run."""
+
+
+class LayerReusedError(ValueError):
+    """The bottleneck layer runs more than once in one forward pass (a shared block).
+
+    One mask cannot stand for several uses of the layer, and replacing every
+    call would change what the model computes; both splits refuse.
+    """
+
+    def __init__(self, layer: nn.Module, calls: int, split: str) -> None:
+        super().__init__(
+            f"the layer ({type(layer).__name__}) runs {calls} times in one forward pass "
+            f"({split} split): a bottleneck needs a layer that runs once. Choose a module "
+            "that the forward pass calls exactly once (e.g. the block after the shared one)"
+        )
 
 
 def owning_module(forward_func: Callable) -> Optional[nn.Module]:
@@ -129,25 +145,44 @@ def frozen_model(forward_func: Callable) -> Iterator[None]:
     """Eval mode and no parameter gradients inside; the exact prior state after.
 
     Every module's ``training`` flag and every parameter's ``requires_grad``
-    flag are restored one by one, also when an exception escapes. Plain
-    functions are left alone (their model, if any, is not reachable).
+    flag are restored one by one, also when an exception escapes. For a plain
+    function (``lambda x: model(x)["logits"]``) the model is not reachable
+    beforehand: a global forward pre-hook freezes each module the function
+    runs, with everything inside it, just before its first call, and the same
+    restoration follows.
     """
     model = owning_module(forward_func)
-    if model is None:
-        yield
-        return
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
+    saved: dict = {}
+    handle = None
+    if model is not None:
+        _freeze(model, saved)
+    else:
+
+        def freeze_before_call(module, args):
+            if id(module) not in saved:
+                _freeze(module, saved)
+
+        handle = nn.modules.module.register_module_forward_pre_hook(freeze_before_call)
     try:
-        model.eval()
-        for param, _ in flags:
-            param.requires_grad_(False)
         yield
     finally:
-        for module, training in modes:
+        if handle is not None:
+            handle.remove()
+        for module, training, flags in saved.values():
             module.training = training
-        for param, requires_grad in flags:
-            param.requires_grad_(requires_grad)
+            for param, requires_grad in flags:
+                param.requires_grad_(requires_grad)
+
+
+def _freeze(root: nn.Module, saved: dict) -> None:
+    """Put ``root`` and its submodules in eval mode without parameter gradients, noting their state."""
+    for module in root.modules():
+        if id(module) not in saved:
+            flags = [(param, param.requires_grad) for param in module.parameters(recurse=False)]
+            saved[id(module)] = (module, module.training, flags)
+            for param, _ in flags:
+                param.requires_grad_(False)
+    root.eval()  # through ``train``, which some modules override
 
 
 class HookSplit:
@@ -178,11 +213,17 @@ class HookSplit:
         """Model outputs with the layer's output replaced by ``z``."""
         inputs, additional_forward_args = context
 
+        calls = []
+
         def replace(module, args, output):
+            calls.append(1)
             return z
 
         with _hooks([(self.layer, replace)]):
-            return self.forward_func(*inputs, *additional_forward_args)
+            outputs = self.forward_func(*inputs, *additional_forward_args)
+        if len(calls) != 1:
+            raise LayerReusedError(self.layer, len(calls), "hooks")
+        return outputs
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -207,13 +248,20 @@ class FxSplit:
     Raises
     ------
     ValueError
-        If the model does not trace, calls the layer more than once, or its
-        output does not depend on the layer.
+        If the model does not trace, has optional forward arguments, calls
+        the layer more than once
+        (:class:`LayerReusedError`), reads a shape before the layer that the
+        rest uses, or its output does not depend on the layer.
     """
 
     mode = "fx"
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+        optional = [p.name for p in inspect.signature(model.forward).parameters.values()
+                    if p.default is not inspect.Parameter.empty]
+        if optional:
+            # The trace takes every branch an argument could take (``if x2 is not None``).
+            raise ValueError(f"forward has optional arguments {optional}: the trace cannot follow them")
         try:
             graph = _LeafTracer(layer).trace(model)
         except Exception as error:  # tracing fails in many ways on dynamic code
@@ -223,8 +271,10 @@ class FxSplit:
             for node in graph.nodes
             if node.op == "call_module" and model.get_submodule(node.target) is layer
         ]
-        if len(layer_nodes) != 1:
-            raise ValueError(f"the layer is called {len(layer_nodes)} times in the traced model")
+        if len(layer_nodes) > 1:
+            raise LayerReusedError(layer, len(layer_nodes), "fx")
+        if not layer_nodes:
+            raise ValueError("the layer is not called in the traced model")
         (layer_node,) = layer_nodes
         self.layer = layer
 
@@ -243,6 +293,10 @@ class FxSplit:
             and node.op != "get_attr"
             and any(user in downstream and user is not layer_node for user in node.users)
         ]
+        if any(_reads_shape(node) for node in carried):
+            # e.g. ``n = x.shape[0]`` before the layer, ``reshape(n, -1)`` after: the
+            # value would be stale for the suffix's batch of noise draws.
+            raise ValueError("the model uses a shape read before the layer after it")
         self.prefix = torch.fx.GraphModule(model, _prefix_graph(graph, [layer_node] + carried))
         self.suffix = torch.fx.GraphModule(
             model, _suffix_graph(graph, layer_node, carried, suffix_nodes)
@@ -262,6 +316,22 @@ class FxSplit:
         # The suffix may update a carried tensor in place (``x += skip``): give it copies.
         carried = tuple(v.clone() if isinstance(v, Tensor) else v for v in context)
         return self.suffix(z, *carried)
+
+
+def _reads_shape(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is computed from a tensor's ``shape`` or ``size()``."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if (current.op == "call_method" and current.target == "size") or (
+            current.op == "call_function" and current.target is getattr and "shape" in current.args
+        ):
+            return True
+        stack.extend(current.all_input_nodes)
+    return False
 
 
 def _detach(value):
@@ -317,7 +387,8 @@ def make_split(forward_func: Callable, layer: nn.Module, mode: str = "auto"):
     """Build the split for ``mode`` in ``"auto"``, ``"fx"`` or ``"hooks"``.
 
     ``"auto"`` traces an ``nn.Module`` ``forward_func`` and falls back to hooks
-    when tracing or cutting fails; functions always use hooks.
+    when tracing or cutting fails; functions always use hooks. A layer that
+    runs more than once raises :class:`LayerReusedError` in every mode.
     """
     if mode not in SPLIT_MODES:
         raise ValueError(f"split must be one of {SPLIT_MODES}, got {mode!r}")
@@ -329,6 +400,8 @@ def make_split(forward_func: Callable, layer: nn.Module, mode: str = "auto"):
         return HookSplit(forward_func, layer)
     try:
         return FxSplit(forward_func, layer)
+    except LayerReusedError:
+        raise
     except ValueError:
         if mode == "fx":
             raise

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._files import atomic_path
+from ._validate import check_positive_int
 from .split import capture_layer_outputs, frozen_model
 
 _FORMAT = "captum_iba.FeatureStats/1"
@@ -141,33 +142,76 @@ class FeatureStats:
         return f"FeatureStats(count={self.count}, shape={self.shape})"
 
 
-def iter_inputs(data: Iterable) -> Iterator[Tensor]:
-    """Yield model inputs from tensors, ``(input, label, ...)`` tuples or dict items.
+def _default_inputs(batch) -> Tuple[Tensor, ...]:
+    if isinstance(batch, Tensor):
+        return (batch,)
+    if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
+        return (batch["image"],)
+    if isinstance(batch, Sequence) and len(batch) > 0 and isinstance(batch[0], Tensor):
+        return (batch[0],)
+    raise TypeError(
+        "data must yield tensors, (input, label) tuples or dicts with an 'image' tensor; got "
+        f"{type(batch).__name__}: pass batch_inputs=(batch -> inputs) for other batches"
+    )
 
-    A batch that is a tensor is the input; a tuple or list contributes its
-    first element (Captum's and torchvision's ``(input, label)`` convention);
-    a dict contributes its ``"image"`` entry (the :mod:`captum_iba.cxr` items).
+
+def _as_input_tuple(batch, batch_inputs: Optional[Callable]) -> Tuple[Tensor, ...]:
+    if batch_inputs is None:
+        return _default_inputs(batch)
+    inputs = batch_inputs(batch)
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
+        raise TypeError("batch_inputs must return a tensor or a tuple of tensors")
+    return inputs
+
+
+def iter_inputs(data, batch_inputs: Optional[Callable] = None) -> Iterator[Tuple[Tensor, ...]]:
+    """Yield the model inputs of every batch of ``data`` as a tuple of tensors.
+
+    ``data`` is one batch, as :meth:`IBA.attribute` takes ``inputs`` (a tensor,
+    or a tuple of tensors for a multi-input model), or an iterable of batches:
+    a tensor is the input; a tuple or list contributes its first element
+    (Captum's and torchvision's ``(input, label)`` convention); a dict its
+    ``"image"`` entry (the :mod:`captum_iba.cxr` items). ``batch_inputs``
+    (``batch -> tensor or tuple``) replaces that convention. A map-style
+    Dataset is batched 32 items at a time.
     """
+    if isinstance(data, Tensor):
+        yield (data,)
+        return
+    if isinstance(data, tuple) and data and all(isinstance(x, Tensor) for x in data):
+        yield data
+        return
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = torch.utils.data.DataLoader(
+            data, batch_size=32, collate_fn=lambda items: _stack_inputs(items, batch_inputs)
+        )
+        batch_inputs = None
+    if not isinstance(data, Iterable):
+        raise TypeError(
+            f"data must be a tensor, a tuple of tensors or an iterable of batches, got {type(data).__name__}"
+        )
     for batch in data:
-        if isinstance(batch, Tensor):
-            yield batch
-        elif isinstance(batch, dict) and "image" in batch:
-            yield batch["image"]
-        elif isinstance(batch, Sequence) and len(batch) > 0 and isinstance(batch[0], Tensor):
-            yield batch[0]
-        else:
-            raise TypeError(
-                "data must yield tensors, (input, label) tuples or dicts with an 'image' "
-                f"tensor; got {type(batch).__name__}"
-            )
+        yield _as_input_tuple(batch, batch_inputs)
+
+
+def _cut(value, n: int, keep: int):
+    """The first ``keep`` samples of every per-sample tensor (first dimension ``n``) in ``value``."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[:keep]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cut(v, n, keep) for v in value)
+    return value
 
 
 def estimate_stats(
     forward_func: Callable,
     layers: Sequence[nn.Module],
-    data: Iterable,
+    data,
     n_samples: int = 1000,
     progress: bool = True,
+    additional_forward_args=None,
+    batch_inputs: Optional[Callable] = None,
 ) -> List[FeatureStats]:
     """Estimate the statistics of several layers in one pass over ``data``.
 
@@ -180,34 +224,46 @@ def estimate_stats(
     forward_func : callable
         The model (or a function of the inputs that runs it).
     layers : sequence of nn.Module
-    data : iterable
-        Batches as accepted by :func:`iter_inputs`.
+    data : Tensor, tuple of Tensor, or iterable of batches
+        As accepted by :func:`iter_inputs`.
     n_samples : int
         Stop after this many samples (>= 2); the last batch is cut to fit.
     progress : bool
         Show a tqdm progress bar.
+    additional_forward_args : any, optional
+        Extra model arguments after the inputs, passed with every batch (a
+        tuple for several); tensors with one row per sample are cut with it.
+    batch_inputs : callable, optional
+        ``batch -> inputs`` for batches that are not tensors, ``(input,
+        label)`` tuples or ``{"image": ...}`` dicts.
 
     Returns
     -------
     list of FeatureStats
         One per layer, in the order of ``layers``.
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
-    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        data = torch.utils.data.DataLoader(data, batch_size=32, collate_fn=_stack_inputs)
+    n_samples = check_positive_int(n_samples, "n_samples", minimum=2)
+    if batch_inputs is not None and not callable(batch_inputs):
+        raise TypeError(f"batch_inputs must be callable, got {type(batch_inputs).__name__}")
+    if additional_forward_args is None:
+        extra: tuple = ()
+    else:
+        extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
     stats = [FeatureStats() for _ in layers]
     seen = 0
     with frozen_model(forward_func), torch.no_grad(), tqdm(
         total=n_samples, disable=not progress, desc="estimating feature statistics", unit="img"
     ) as bar:
-        for batch in iter_inputs(data):
-            batch = batch[: n_samples - seen]
-            outputs = capture_layer_outputs(forward_func, layers, (batch,))
+        for inputs in iter_inputs(data, batch_inputs):
+            n = inputs[0].shape[0] if inputs[0].dim() > 0 else 0
+            keep = min(n, n_samples - seen)
+            outputs = capture_layer_outputs(
+                forward_func, layers, _cut(inputs, n, keep), _cut(extra, n, keep)
+            )
             for layer_stats, output in zip(stats, outputs):
                 layer_stats.update(output)
-            seen += batch.shape[0]
-            bar.update(batch.shape[0])
+            seen += keep
+            bar.update(keep)
             if seen >= n_samples:
                 break
     if seen < 2:
@@ -217,6 +273,7 @@ def estimate_stats(
     return stats
 
 
-def _stack_inputs(items: list) -> Tensor:
-    """Collate single dataset items into one input batch."""
-    return torch.stack(list(iter_inputs(items)))
+def _stack_inputs(items: list, batch_inputs: Optional[Callable] = None) -> Tuple[Tensor, ...]:
+    """Collate single dataset items into one batch of inputs."""
+    rows = [_as_input_tuple(item, batch_inputs) for item in items]
+    return tuple(torch.stack(column) for column in zip(*rows))

@@ -26,9 +26,9 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from torch import Tensor, nn
 
-from ._validate import resolve_layer
 from .attr import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
-from .maps import resize_map
+from ._validate import check_number, find_layer
+from .maps import RESIZE_MODES, gaussian_blur, resize_map
 from .stats import FeatureStats, estimate_stats
 
 __all__ = ["iba", "inverse_iba", "regression_iba", "multilayer_iba", "clear_cache"]
@@ -48,6 +48,15 @@ def clear_cache(model: Optional[nn.Module] = None) -> None:
             cache.clear()
         else:
             cache.pop(model, None)
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec, name: str = "saliency_layer") -> Tuple[str, nn.Module]:
+    """``(qualified name, module)`` for a layer given by name or as a module.
+
+    Raises ``ValueError`` for a name the model does not have (listing the
+    closest names) or a module that is not inside the model.
+    """
+    return find_layer(model, layer, name)
 
 
 def _layer_stats(model, names: List[str], layers: List[nn.Module], stats, data, n_samples, progress):
@@ -71,6 +80,10 @@ def _layer_stats(model, names: List[str], layers: List[nn.Module], stats, data, 
     return [cached[layer_name] for layer_name in names]
 
 
+def _post(resize, resize_mode: str, smooth) -> dict:
+    return {"resize": resize, "resize_mode": resize_mode, "smooth": smooth}
+
+
 def _method(cls: Type, model: nn.Module, names: Tuple[str, ...], layers: List[nn.Module]):
     methods = _METHODS.setdefault(model, {})
     key = (cls, names)
@@ -88,11 +101,12 @@ def _saliency(
     stats,
     data: Optional[Iterable],
     n_samples: int,
-    resize: Union[bool, Tuple[int, int]],
+    post: dict,
     **options: Any,
 ) -> Tensor:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_post(**post)
     resolved = [resolve_layer(model, spec, "saliency_layers" if issubclass(cls, MultiLayerIBA) else "saliency_layer")
                 for spec in layer_specs]
     names = tuple(name for name, _ in resolved)
@@ -106,9 +120,26 @@ def _saliency(
         saliency = method.attribute(input, target, progress=progress, **options)
     else:
         saliency = method.attribute(input, target, stats=layer_stats[0], progress=progress, **options)
-    if resize:
-        size = input.shape[-2:] if resize is True else resize
-        saliency = resize_map(saliency, tuple(size))
+    return _postprocess(saliency, input, **post)
+
+
+def _check_post(resize, resize_mode: str, smooth) -> None:
+    if not (isinstance(resize, bool) or (isinstance(resize, (tuple, list)) and len(resize) == 2)):
+        raise ValueError(f"resize must be True, False or a (width, height) pair, got {resize!r}")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    check_number(smooth, "smooth", minimum=0.0)
+
+
+def _postprocess(saliency: Tensor, input: Tensor, resize, resize_mode: str, smooth) -> Tensor:
+    """TorchRay's last two steps: resize (total bits kept), then Gaussian smoothing."""
+    if resize is not False:
+        # TorchRay's pair is (width, height).
+        size = tuple(input.shape[-2:]) if resize is True else (resize[1], resize[0])
+        saliency = resize_map(saliency, size, mode=resize_mode)
+    if smooth > 0:
+        # TorchRay's imsmooth: sigma a fraction of the larger side, replicated borders.
+        saliency = gaussian_blur(saliency, smooth * max(saliency.shape[-2:]))
     return saliency
 
 
@@ -122,6 +153,8 @@ def iba(
     data: Optional[Iterable] = None,
     n_samples: int = 1000,
     resize: Union[bool, Tuple[int, int]] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
     **options: Any,
 ) -> Tensor:
     r"""IBA saliency, TorchRay style: bits per location sufficient for ``target``.
@@ -138,15 +171,26 @@ def iba(
         data (iterable, optional): batches to estimate the statistics from on
             the first call for this (model, layer); cached afterwards.
         n_samples (int): samples used when estimating.
-        resize (bool or (H, W)): resize the map to the input size (True) or a
-            given size, preserving total bits; TorchRay's ``resize`` option.
+        resize (bool or (W, H)): resize the map to the input size (True) or
+            to ``(width, height)`` (TorchRay's order), preserving total bits.
+        resize_mode (str): interpolation mode of the resize, as TorchRay's
+            (``"bilinear"``, default; ``"bicubic"``, ``"nearest"``,
+            ``"nearest-exact"``, ``"area"``).
+        smooth (float): TorchRay's smoothing after the resize: a Gaussian of
+            std ``smooth * max(h, w)`` pixels, replicated borders; 0 (default)
+            disables it.
         **options: any :class:`captum_iba.IBA` option (``beta``, ``steps``,
-            ``loss``, ``seed``, ...).
+            ``noise_draws``, ``loss``, ``seed``, ...).
 
     Returns:
         Tensor: ``(N, 1, h, w)`` bits (or ``(N, 1, H, W)`` with ``resize``).
+
+    Examples::
+
+        >>> bits = iba(model, x, 3, "features.denseblock3", data=loader,
+        ...            resize=True, smooth=0.02)
     """
-    return _saliency(IBA, model, input, target, [saliency_layer], stats, data, n_samples, resize, **options)
+    return _saliency(IBA, model, input, target, [saliency_layer], stats, data, n_samples, _post(resize, resize_mode, smooth), **options)
 
 
 def inverse_iba(
@@ -159,6 +203,8 @@ def inverse_iba(
     data: Optional[Iterable] = None,
     n_samples: int = 1000,
     resize: Union[bool, Tuple[int, int]] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
     **options: Any,
 ) -> Tensor:
     r"""Inverse IBA saliency, TorchRay style: every region informative for ``target``.
@@ -166,7 +212,7 @@ def inverse_iba(
     ``Z = lambda eps + (1 - lambda) F``, minimising ``-L_model + beta L_I``
     (see :class:`captum_iba.InverseIBA`). Arguments as :func:`iba`.
     """
-    return _saliency(InverseIBA, model, input, target, [saliency_layer], stats, data, n_samples, resize, **options)
+    return _saliency(InverseIBA, model, input, target, [saliency_layer], stats, data, n_samples, _post(resize, resize_mode, smooth), **options)
 
 
 def regression_iba(
@@ -179,6 +225,8 @@ def regression_iba(
     data: Optional[Iterable] = None,
     n_samples: int = 1000,
     resize: Union[bool, Tuple[int, int]] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
     **options: Any,
 ) -> Tensor:
     r"""Regression IBA saliency, TorchRay style, for a score regressor.
@@ -190,7 +238,7 @@ def regression_iba(
     """
     if saliency_layer is None:
         raise ValueError("saliency_layer is required: a layer name or module")
-    return _saliency(RegressionIBA, model, input, target, [saliency_layer], stats, data, n_samples, resize, **options)
+    return _saliency(RegressionIBA, model, input, target, [saliency_layer], stats, data, n_samples, _post(resize, resize_mode, smooth), **options)
 
 
 def multilayer_iba(
@@ -203,6 +251,8 @@ def multilayer_iba(
     data: Optional[Iterable] = None,
     n_samples: int = 1000,
     resize: Union[bool, Tuple[int, int]] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
     **options: Any,
 ) -> Tensor:
     r"""Multi-layer IBA saliency, TorchRay style, at the finest layer's resolution.
@@ -213,7 +263,7 @@ def multilayer_iba(
     """
     if isinstance(saliency_layers, (str, nn.Module)) or not saliency_layers:
         raise ValueError("saliency_layers must be a non-empty list of layer names or modules")
-    return _saliency(MultiLayerIBA, model, input, target, list(saliency_layers), stats, data, n_samples, resize, **options)
+    return _saliency(MultiLayerIBA, model, input, target, list(saliency_layers), stats, data, n_samples, _post(resize, resize_mode, smooth), **options)
 
 
 def saliency(
@@ -227,6 +277,8 @@ def saliency(
     data: Optional[Iterable] = None,
     n_samples: int = 1000,
     resize: Union[bool, Tuple[int, int]] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
     **options: Any,
 ) -> Tensor:
     r"""Any IBA-family method of the registry (:data:`captum_iba.methods.METHODS`), TorchRay style.
@@ -247,7 +299,8 @@ def saliency(
     if multi and (isinstance(saliency_layer, (str, nn.Module)) or not saliency_layer):
         raise ValueError("saliency_layers must be a non-empty list of layer names or modules")
     layers = list(saliency_layer) if multi else [saliency_layer]
-    return _saliency(entry.attribution, model, input, target, layers, stats, data, n_samples, resize, **options)
+    return _saliency(entry.attribution, model, input, target, layers, stats, data, n_samples,
+                     _post(resize, resize_mode, smooth), **options)
 
 
 def __getattr__(name: str):

@@ -216,7 +216,7 @@ def test_the_stored_maps_are_the_suites_maps_of_each_batch(method, extra, cache,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the run
     try:
-        expected = expected_maps(method, task, stats, {"steps": 3, "batch_size": 2},
+        expected = expected_maps(method, task, stats, {"steps": 3, "noise_draws": 2},
                                  loss="mse" if method == "regression" else None, threshold="otsu")
     finally:
         torch.set_num_threads(threads)

@@ -48,7 +48,10 @@ def test_mse_against_the_clean_score_is_deviation_and_against_zero_keeps_little(
 def test_target_selects_the_output_of_a_multi_output_regressor(toy):
     model, method, x = toy
     single = method.attribute(x, seed=0)
-    two_outputs = lambda inputs: torch.cat([-model(inputs), model(inputs)], 1)  # noqa: E731
+    def two_outputs(inputs):  # the model runs once: the bottleneck layer may run only once
+        score = model(inputs)
+        return torch.cat([-score, score], 1)
+
     multi = RegressionIBA(two_outputs, model.features, stats=method.stats)
     assert torch.allclose(multi.attribute(x, target=1, seed=0), single, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="target is required"):

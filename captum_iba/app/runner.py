@@ -218,7 +218,7 @@ def _attribute_batch(suite: MethodSuite, plan: Plan, batch: dict, rows: Sequence
 def _suite(model: nn.Module, plan: Plan, stats: Dict[str, FeatureStats]) -> MethodSuite:
     iba_options = {}
     if plan.options:
-        iba_options = {"steps": plan.options["steps"], "batch_size": plan.options["noise_draws"]}  # noise draws (renamed noise_draws in attr)
+        iba_options = {"steps": plan.options["steps"], "noise_draws": plan.options["noise_draws"]}
         if plan.options["beta"] is not None:
             iba_options["beta"] = plan.options["beta"]
     suite_layers = {"layer": plan.layer}

@@ -6,7 +6,7 @@ sign of the model loss (``_loss_sign``), their default ``beta`` and the losses
 they accept.
 
 N inputs are optimised together: ``alpha`` has shape ``(N, C, h, w)``, every
-step pushes ``N x batch_size`` noisy feature maps through the network after
+step pushes ``N x noise_draws`` noisy feature maps through the network after
 the layer, and the objective is the sum over samples of each sample's own
 objective. Adam updates every element on its own, so each sample follows the
 trajectory it would follow alone; the noise of a step is drawn once (from
@@ -17,13 +17,15 @@ which other samples share its batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Tuple, Union
+import warnings
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from captum.attr import LayerAttribution
 from torch import Tensor, nn
 from tqdm.auto import trange
 
+from .._validate import check_number, check_output, check_positive_int, flat_targets, format_target
 from ..bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features, to_bits
 from ..objectives import CLASSIFICATION_LOSSES, Objective, get_objective, select_outputs
 from ..split import SPLIT_MODES, check_layer_in_model, frozen_model, make_split
@@ -42,8 +44,8 @@ class BottleneckOptions:
         Adam steps (>= 1).
     lr : float
         Adam learning rate (> 0).
-    batch_size : int
-        Noise draws of the same input per step (>= 1).
+    noise_draws : int
+        Noise draws of the same input per step (>= 1); formerly ``batch_size``.
     sigma : float or None
         Std of the Gaussian smoothing of ``lambda``, in feature-map cells;
         None or 0 disables it.
@@ -63,7 +65,7 @@ class BottleneckOptions:
     beta: float
     steps: int = 10
     lr: float = 1.0
-    batch_size: int = 10
+    noise_draws: int = 10
     sigma: Optional[float] = 1.0
     min_std: float = 0.01
     init_alpha: float = 5.0
@@ -72,31 +74,41 @@ class BottleneckOptions:
     relu: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        _check_number("beta", self.beta, minimum=0.0)
-        _check_number("lr", self.lr, minimum=0.0, strict=True)
-        _check_number("min_std", self.min_std, minimum=0.0, strict=True)
-        _check_number("init_alpha", self.init_alpha)
+        check_positive_int(self.steps, "steps")
+        check_positive_int(self.noise_draws, "noise_draws")
+        check_number(self.beta, "beta", minimum=0.0)
+        check_number(self.lr, "lr", minimum=0.0, strict=True)
+        check_number(self.min_std, "min_std", minimum=0.0, strict=True)
+        check_number(self.init_alpha, "init_alpha")
         if self.sigma is not None:
-            _check_number("sigma", self.sigma, minimum=0.0)
-        _check_number("active_neurons_threshold", self.active_neurons_threshold, minimum=0.0)
-        if self.active_neurons_threshold >= 1:
-            raise ValueError(
-                f"active_neurons_threshold must be in [0, 1), got {self.active_neurons_threshold!r}"
-            )
+            check_number(self.sigma, "sigma", minimum=0.0)
+        check_number(self.active_neurons_threshold, "active_neurons_threshold", minimum=0.0, maximum=1.0)
 
-
-def _check_number(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+    @property
+    def batch_size(self) -> int:
+        """Deprecated name of :attr:`noise_draws`."""
+        return self.noise_draws
 
 
 _OPTION_NAMES = {field.name for field in dataclasses.fields(BottleneckOptions)}
+
+
+def rename_deprecated_options(options: dict) -> dict:
+    """``options`` with the deprecated ``batch_size`` renamed ``noise_draws`` (and a warning)."""
+    if "batch_size" not in options:
+        return options
+    options = dict(options)
+    value = options.pop("batch_size")
+    warnings.warn(
+        "the IBA option batch_size (noise draws per step) is renamed noise_draws; "
+        "batch_size will be removed",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if "noise_draws" in options and options["noise_draws"] != value:
+        raise TypeError("pass noise_draws or its deprecated alias batch_size, not both")
+    options["noise_draws"] = value
+    return options
 
 
 def format_inputs(inputs) -> Tuple[Tensor, ...]:
@@ -126,42 +138,6 @@ def format_additional_args(additional_forward_args) -> Tuple:
     return (additional_forward_args,)
 
 
-def format_target(target, n: int, device) -> Optional[Tensor]:
-    """Captum's target (int, list of ints, or tensor per sample) as int64 of shape (n,)."""
-    if target is None:
-        return None
-    if isinstance(target, bool):
-        raise TypeError(f"target must be an int, a list of ints or a tensor, got {target!r}")
-    if isinstance(target, int):
-        return torch.full((n,), target, dtype=torch.long, device=device)
-    if isinstance(target, (list, tuple)):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise TypeError(f"target list must hold ints, got {target!r}")
-        target = torch.tensor(target, dtype=torch.long)
-    if not isinstance(target, Tensor):
-        raise TypeError(
-            f"target must be an int, a list of ints or a tensor, got {type(target).__name__}"
-        )
-    if target.is_floating_point() or target.is_complex():
-        raise TypeError(f"target must hold integer indices, got dtype {target.dtype}")
-    if target.dim() == 0:
-        target = target.expand(n)
-    if target.shape != (n,):
-        raise ValueError(f"target must have one entry per sample ({n}), got shape {tuple(target.shape)}")
-    return target.to(device=device, dtype=torch.long)
-
-
-def check_target_range(target: Optional[Tensor], outputs: Tensor) -> None:
-    if target is None:
-        return
-    n_outputs = outputs[0].numel()
-    if (target < 0).any() or (target >= n_outputs).any():
-        raise ValueError(
-            f"target indices must lie in [0, {n_outputs - 1}] for a model with {n_outputs} "
-            f"outputs, got {target.tolist()}"
-        )
-
-
 def check_stats(stats, name: str = "stats") -> Optional[FeatureStats]:
     if stats is not None and not isinstance(stats, FeatureStats):
         raise TypeError(f"{name} must be a FeatureStats (or None), got {type(stats).__name__}")
@@ -189,7 +165,7 @@ class BottleneckAttribution(LayerAttribution):
         beta: Optional[float] = None,
         steps: int = 10,
         lr: float = 1.0,
-        batch_size: int = 10,
+        noise_draws: int = 10,
         sigma: Optional[float] = 1.0,
         min_std: float = 0.01,
         init_alpha: float = 5.0,
@@ -198,6 +174,7 @@ class BottleneckAttribution(LayerAttribution):
         relu: bool = False,
         stats: Optional[FeatureStats] = None,
         split: str = "auto",
+        batch_size: Optional[int] = None,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
@@ -205,11 +182,11 @@ class BottleneckAttribution(LayerAttribution):
         if split not in SPLIT_MODES:
             raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
         super().__init__(forward_func, layer)
-        self.options = BottleneckOptions(
+        options = dict(
             beta=self._default_beta if beta is None else beta,
             steps=steps,
             lr=lr,
-            batch_size=batch_size,
+            noise_draws=noise_draws,
             sigma=sigma,
             min_std=min_std,
             init_alpha=init_alpha,
@@ -217,6 +194,11 @@ class BottleneckAttribution(LayerAttribution):
             loss=self._default_loss if loss is None else loss,
             relu=relu,
         )
+        if batch_size is not None:
+            # noise_draws at its default does not conflict with the alias.
+            given = {"batch_size": batch_size} if noise_draws == 10 else {"batch_size": batch_size, "noise_draws": noise_draws}
+            options.update(rename_deprecated_options(given))
+        self.options = BottleneckOptions(**options)
         get_objective(self.options.loss, self._losses)
         self.stats = check_stats(stats)
         self.split_mode = split
@@ -235,23 +217,52 @@ class BottleneckAttribution(LayerAttribution):
                 self._split = make_split(self.forward_func, self.layer, self.split_mode)
         return self._split
 
-    def estimate(self, data, n_samples: int = 1000, progress: bool = True) -> FeatureStats:
+    def estimate(
+        self,
+        data,
+        n_samples: int = 1000,
+        progress: bool = True,
+        *,
+        additional_forward_args: Any = None,
+        batch_inputs: Optional[Callable] = None,
+    ) -> FeatureStats:
         """Estimate the layer's per-neuron statistics from data and keep them.
 
+        ``data`` takes what :meth:`attribute` takes as ``inputs``, or many
+        batches of it. The model runs in eval mode, without gradients, up to
+        the layer only, and is restored exactly.
+
         Args:
-            data (iterable): a DataLoader or any iterable of input batches:
-                tensors ``(n, ...)``, ``(input, label, ...)`` tuples, or dicts
-                with an ``"image"`` entry.
+            data: one batch (a tensor ``(n, ...)`` or a tuple of tensors for a
+                multi-input model), or an iterable of batches (a DataLoader, a
+                list, a map-style Dataset): tensors, ``(input, label, ...)``
+                tuples (the first element is the input), or dicts with an
+                ``"image"`` entry.
             n_samples (int): stop after this many samples (>= 2).
             progress (bool): show a progress bar.
+            additional_forward_args (Any, optional): extra model arguments
+                after the inputs, as in :meth:`attribute`, passed with every
+                batch; tensors with one row per sample of a batch are cut with it.
+            batch_inputs (callable, optional): ``batch -> inputs`` (a tensor or
+                a tuple of tensors) for batches of another form, e.g.
+                ``lambda b: (b["image"], b["age"])``.
 
         Returns:
             FeatureStats: the statistics, also stored as ``self.stats``.
+
+        Examples::
+
+            >>> iba.estimate(loader, n_samples=500)           # (image, label) batches
+            >>> iba.estimate((images, masks), additional_forward_args=(2,))
         """
-        (self.stats,) = estimate_stats(self.forward_func, [self.layer], data, n_samples, progress)
+        (self.stats,) = estimate_stats(
+            self.forward_func, [self.layer], data, n_samples, progress,
+            additional_forward_args=additional_forward_args, batch_inputs=batch_inputs,
+        )
         return self.stats
 
     def _resolve_options(self, overrides: dict) -> Tuple[BottleneckOptions, FeatureStats]:
+        overrides = rename_deprecated_options(overrides)
         stats = check_stats(overrides.pop("stats", self.stats))
         unknown = set(overrides) - _OPTION_NAMES
         if unknown:
@@ -297,9 +308,8 @@ class BottleneckAttribution(LayerAttribution):
                         "layer and input size"
                     )
                 # The network may update the layer output in place (``y += skip``): pass a copy.
-                clean_outputs = split.outputs(features.clone(), context)
-            target = format_target(target, n, clean_outputs.device)
-            check_target_range(target, clean_outputs)
+                clean_outputs = check_output(split.outputs(features.clone(), context))
+            target = flat_targets(format_target(target, n, clean_outputs.device), clean_outputs.shape[1:])
             reference = _reference(objective, clean_outputs, target, target_values, n)
             feature_stats = _feature_stats(stats, options, features)
             lam = self._optimise(
@@ -329,7 +339,7 @@ class BottleneckAttribution(LayerAttribution):
         progress: bool,
     ) -> Tensor:
         """Minimise ``sign * L_model + beta * L_I`` over alpha; return the final lambda."""
-        n, draws = features.shape[0], options.batch_size
+        n, draws = features.shape[0], options.noise_draws
         mean, std, active = feature_stats
         expanded = split.expand(context, n, draws)
         target_rows = None if target is None else target.repeat_interleave(draws)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.log import log_usage
 from torch import Tensor
 
 from ._base import BottleneckAttribution
@@ -28,13 +29,18 @@ class IBA(BottleneckAttribution):
         forward_func (nn.Module or callable): the model. An ``nn.Module`` that
             traces with ``torch.fx`` runs the layers before ``layer`` once per
             call and only the rest during the optimisation; other models run
-            whole, with ``layer``'s output swapped by a hook.
+            whole, with ``layer``'s output swapped by a hook. It must return
+            one tensor: wrap a model with dict or tuple outputs in a function,
+            ``lambda x: model(x)["logits"]``; the modules such a function runs
+            are frozen (eval mode, no parameter gradients) and restored just
+            as an ``nn.Module``'s are.
         layer (nn.Module): a submodule whose output is one ``(N, C, h, w)``
             feature map (e.g. ``model.features.denseblock3``).
         beta (float): weight of the information loss (default 10).
         steps (int): Adam steps (default 10).
         lr (float): Adam learning rate (default 1.0).
-        batch_size (int): noise draws of each input per step (default 10).
+        noise_draws (int): noise draws of each input per step (default 10).
+            ``batch_size``, its former name, still works but is deprecated.
         sigma (float or None): std of the Gaussian smoothing of ``lambda``, in
             feature-map cells (default 1.0; None or 0 disables it).
         min_std (float): lower clamp of the estimated std (default 0.01).
@@ -59,6 +65,7 @@ class IBA(BottleneckAttribution):
         >>> heatmap = IBA.interpolate(bits, images.shape[-2:])  # Captum's resize
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
@@ -80,9 +87,14 @@ class IBA(BottleneckAttribution):
         Args:
             inputs (Tensor or tuple of Tensor): model inputs, batch first,
                 ``(N, ...)``; finite.
-            target (int, list of int, or Tensor, optional): the output to
-                explain, one for all or one per sample (Captum's convention).
-                Required unless the model has a single output.
+            target (int, tuple, Tensor, list of int or list of tuple,
+                optional): the output to explain, exactly as in Captum: an
+                int (or one-element tensor) for every sample; a tuple, one
+                index into a multi-dimensional output for every sample
+                (``output[:, i, j]``); a 1-D tensor or list of ints, one per
+                sample; a list of tuples, one per sample. Negative indices
+                count from the end. Required unless the model has a single
+                output.
             additional_forward_args (Any, optional): extra arguments after the
                 inputs; tensors with N rows are treated as per-sample.
             reduce (str): ``"sum"`` over channels (default) or ``"none"``.
@@ -91,7 +103,7 @@ class IBA(BottleneckAttribution):
                 same map. None draws one from torch's global generator.
             progress (bool): show a progress bar over the steps.
             **options: any constructor option (``beta``, ``steps``, ``lr``,
-                ``batch_size``, ``sigma``, ``min_std``, ``init_alpha``,
+                ``noise_draws``, ``sigma``, ``min_std``, ``init_alpha``,
                 ``active_neurons_threshold``, ``loss``, ``relu``, ``stats``)
                 for this call only.
 
@@ -105,8 +117,11 @@ class IBA(BottleneckAttribution):
 
         Raises:
             ValueError: no statistics, statistics of another shape, targets
-                out of range, NaN/Inf inputs, invalid options.
-            TypeError: inputs or target of the wrong type, unknown options.
+                out of range or not selecting one output per sample, NaN/Inf
+                inputs, invalid options, a layer that runs more than once.
+            TypeError: inputs or target of the wrong type, unknown options,
+                a model that returns a tuple or dict (wrap it in a function
+                that returns the logits).
 
         Examples::
 

@@ -7,6 +7,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
 import torch
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import LayerAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -94,18 +95,30 @@ class MultiLayerIBA(LayerAttribution):
         """The statistics of every layer, in the order of ``layers``."""
         return [bottleneck.stats for bottleneck in self.bottlenecks]
 
-    def estimate(self, data, n_samples: int = 1000, progress: bool = True) -> List[FeatureStats]:
+    def estimate(
+        self,
+        data,
+        n_samples: int = 1000,
+        progress: bool = True,
+        *,
+        additional_forward_args: Any = None,
+        batch_inputs: Optional[Callable] = None,
+    ) -> List[FeatureStats]:
         """Estimate every layer's statistics in one pass over ``data``.
 
         Each batch runs the model once, up to the deepest of the layers.
         See :meth:`IBA.estimate` for the arguments; returns one FeatureStats
         per layer.
         """
-        stats = estimate_stats(self.forward_func, self.layer, data, n_samples, progress)
+        stats = estimate_stats(
+            self.forward_func, self.layer, data, n_samples, progress,
+            additional_forward_args=additional_forward_args, batch_inputs=batch_inputs,
+        )
         for bottleneck, layer_stats in zip(self.bottlenecks, stats):
             bottleneck.stats = layer_stats
         return stats
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
@@ -123,7 +136,8 @@ class MultiLayerIBA(LayerAttribution):
 
         Args:
             inputs (Tensor or tuple of Tensor): model inputs ``(N, ...)``.
-            target (int, list of int, or Tensor, optional): as in Captum.
+            target (int, tuple, Tensor, or list, optional): as in Captum
+                (see :meth:`IBA.attribute`).
             additional_forward_args (Any, optional): extra model arguments.
             threshold (float or str, optional): overrides the constructor's.
             combine (str, optional): ``"masked"`` or ``"intersection"``,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.log import log_usage
 from torch import Tensor
 
 from ..objectives import REGRESSION_LOSSES
@@ -43,6 +44,7 @@ class RegressionIBA(IBA):
     _default_loss = "deviation"
     _losses = REGRESSION_LOSSES
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
@@ -60,7 +62,7 @@ class RegressionIBA(IBA):
 
         Args:
             inputs (Tensor or tuple of Tensor): model inputs ``(N, ...)``.
-            target (int, list of int, or Tensor, optional): the output of a
+            target (int, tuple, Tensor, or list, optional): the output of a
                 multi-output regressor; None for a single output ``(N,)`` or
                 ``(N, 1)``.
             additional_forward_args (Any, optional): extra model arguments.

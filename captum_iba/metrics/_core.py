@@ -3,8 +3,10 @@
 import math
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .._validate import check_output, select_targets
+from ..maps import gaussian_blur as blur_images
 
 # The paper's code blurs as RISE does (`gkern(klen=11, nsig=5)`).
 BLUR_SIGMA = 5.0
@@ -12,28 +14,16 @@ BLUR_KERNEL_SIZE = 11
 
 
 def gaussian_blur(images, sigma=BLUR_SIGMA, kernel_size=BLUR_KERNEL_SIZE):
-    """Blur each channel of (N, C, H, W) images with a normalised Gaussian.
-
-    Borders are padded by replication, so they are not darkened as zero
-    padding would.
-    """
-    offsets = torch.arange(kernel_size, dtype=images.dtype, device=images.device)
-    offsets = offsets - (kernel_size - 1) / 2
-    profile = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    profile = profile / profile.sum()
-    channels = images.shape[1]
-    pad = kernel_size // 2
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    # Separable: a horizontal, then a vertical 1-D pass, one group per channel.
-    rows = F.conv2d(padded, profile.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(rows, profile.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    """Blur each channel of (N, C, H, W) images as the paper's code (RISE) does."""
+    return blur_images(images, sigma, kernel_size)
 
 
 def baseline_images(baseline, inputs):
     """The (N, C, H, W) images the inputs are perturbed towards.
 
     ``baseline`` has been validated by ``_inputs.check_baseline``: "blur",
-    "zero", "mean" (each image's per-channel mean) or an expanded tensor.
+    "zero", "mean" (each image's per-channel mean) or an expanded tensor
+    (also what a number becomes).
     """
     if isinstance(baseline, torch.Tensor):
         return baseline
@@ -68,7 +58,7 @@ def score_perturbations(
         Long, (M,): the sample each of the M items perturbs; it selects the
         item's target and per-sample forward arguments.
     target : torch.Tensor or None
-        Long (N,), as returned by ``_inputs.check_target``.
+        Long (N,) or (N, k), as returned by ``_inputs.check_target``.
     additional_forward_args : tuple
         As returned by ``_inputs.check_additional_forward_args``.
     transform : callable
@@ -92,32 +82,19 @@ def score_perturbations(
             arg[samples.to(arg.device)] if isinstance(arg, torch.Tensor) else arg
             for arg in additional_forward_args
         )
-        outputs = forward_func(build_inputs(items), *extra)
+        outputs = check_output(forward_func(build_inputs(items), *extra))
         scores.append(_select_scores(transform(outputs), target, samples))
     return torch.cat(scores)
 
 
 def _select_scores(scores, target, samples):
-    if scores.dim() == 1:
-        scores = scores[:, None]
-    if scores.dim() != 2 or scores.shape[0] != len(samples):
+    if scores.dim() == 0 or scores.shape[0] != len(samples):
         raise ValueError(
-            f"forward_func must return outputs of shape (B,) or (B, K) for a batch of "
+            f"forward_func must return one row of outputs per input, (B, ...), for a batch of "
             f"{len(samples)} inputs, got {tuple(scores.shape)}"
         )
-    if target is None:
-        if scores.shape[1] != 1:
-            raise ValueError(
-                f"target is required: the model has {scores.shape[1]} outputs per sample"
-            )
-        return scores[:, 0]
-    item_targets = target[samples].to(scores.device)
-    if int(item_targets.max()) >= scores.shape[1]:
-        raise ValueError(
-            f"target holds index {int(item_targets.max())} but the model has "
-            f"{scores.shape[1]} outputs per sample"
-        )
-    return scores.gather(1, item_targets[:, None])[:, 0]
+    item_targets = None if target is None else target[samples]
+    return select_targets(scores, item_targets)
 
 
 def pearson(a, b):

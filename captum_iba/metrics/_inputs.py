@@ -5,10 +5,12 @@ compute with, or raises a ValueError/TypeError that names the argument and
 says what was expected.
 """
 
+import math
 import numbers
 
 import torch
 
+from .._validate import check_number, check_positive_int, format_target
 from ..maps import _map_batch, _size_pair, as_map_batch, resize_map
 
 BASELINES = ("blur", "zero", "mean")
@@ -50,15 +52,6 @@ def map_batch(value, name, n):
     return _map_batch(value, n, name)
 
 
-def check_positive_int(value, name, minimum=1):
-    """Return ``value`` as an int if it is an integer >= ``minimum``."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def check_max_examples(max_examples_per_batch):
     """None (everything in one batch) or a positive int."""
     if max_examples_per_batch is None:
@@ -90,34 +83,8 @@ def check_output_transform(output_transform):
 
 
 def check_target(target, n):
-    """Return the target as a long tensor of shape (n,), or None.
-
-    Accepts an int (the same output for every sample), a list of ints or a
-    1-D tensor with one entry per sample, or a one-element tensor.
-    """
-    if target is None:
-        return None
-    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
-        target = torch.full((n,), int(target), dtype=torch.long)
-    elif isinstance(target, (list, tuple, torch.Tensor)):
-        target = torch.as_tensor(target)
-        if target.is_floating_point() or target.dtype == torch.bool:
-            raise TypeError(f"target must hold integers, got {target.dtype}")
-        if target.numel() == 1:
-            target = target.reshape(1).expand(n)
-        if target.shape != (n,):
-            raise ValueError(
-                f"target must be an int or hold one index per sample ({n}), "
-                f"got shape {tuple(target.shape)}"
-            )
-        target = target.long()
-    else:
-        raise TypeError(
-            f"target must be None, an int, a list of ints or a tensor, got {type(target).__name__}"
-        )
-    if (target < 0).any():
-        raise ValueError("target must hold non-negative output indices")
-    return target
+    """Captum's target for ``n`` samples as indices, see :func:`captum_iba._validate.format_target`."""
+    return format_target(target, n)
 
 
 def check_additional_forward_args(additional_forward_args, n):
@@ -140,11 +107,16 @@ def check_additional_forward_args(additional_forward_args, n):
 
 
 def check_baseline(baseline, inputs):
-    """Validate a baseline spec: 'blur', 'zero', 'mean' or a tensor.
+    """Validate a baseline spec: 'blur', 'zero', 'mean', a number or a tensor.
 
-    A tensor must broadcast to the shape of ``inputs``; it is returned
-    expanded to that shape.
+    A number fills every pixel, as in Captum; a tensor must broadcast to the
+    shape of ``inputs``. Both are returned expanded to that shape.
     """
+    if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        check_number(baseline, "baseline")
+        if not math.isfinite(baseline):
+            raise ValueError(f"baseline must be finite, got {baseline!r}")
+        baseline = torch.tensor(float(baseline))
     if isinstance(baseline, torch.Tensor):
         try:
             return baseline.detach().to(inputs).expand_as(inputs)
@@ -156,7 +128,7 @@ def check_baseline(baseline, inputs):
     if isinstance(baseline, str) and baseline in BASELINES:
         return baseline
     raise ValueError(
-        f"baseline must be one of {BASELINES} or a tensor that broadcasts to the "
+        f"baseline must be one of {BASELINES}, a number or a tensor that broadcasts to the "
         f"inputs, got {baseline!r}"
     )
 

@@ -1,6 +1,7 @@
 """Sanity check: the model-parameter randomisation test (Adebayo et al., 2018)."""
 
 import copy
+import inspect
 from typing import List, NamedTuple
 
 import torch
@@ -8,6 +9,8 @@ from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
+from .._validate import find_layer
+from ..split import owning_module
 from . import _inputs
 from ._core import pearson
 
@@ -50,18 +53,7 @@ def _layer_names(model, layers):
         layers = [layers]
     names = []
     for layer in layers:
-        if isinstance(layer, torch.nn.Module):
-            name = next((n for n, m in named.items() if m is layer), None)
-            if name is None:
-                raise ValueError(f"layers: module {type(layer).__name__} is not part of model")
-        elif isinstance(layer, str):
-            if layer not in named:
-                raise ValueError(f"layers: model has no module named {layer!r}")
-            name = layer
-        else:
-            raise TypeError(
-                f"layers must hold module names or modules of model, got {type(layer).__name__}"
-            )
+        name, _ = find_layer(model, layer, "layers")
         if not _resettable(named[name]):
             raise ValueError(
                 f"layers: module {name!r} has no parameters that reset_parameters() re-draws"
@@ -81,6 +73,58 @@ def _randomise(model, name, seed):
         torch.manual_seed(seed)
         for sub in _resettable(module):
             sub.reset_parameters()
+
+
+def _as_attribution_fn(attribution_fn):
+    """``attribution_fn`` as ``(model, inputs, target) -> maps``.
+
+    A one-argument factory ``model -> attribution object`` is called on each
+    model copy; an attribution object already bound to a model is refused, as
+    it would keep explaining that model while the copies are randomised.
+    """
+    if hasattr(attribution_fn, "attribute"):
+        raise TypeError(
+            f"attribution_fn is a {type(attribution_fn).__name__} bound to a model, so the "
+            "randomised copies would be ignored: pass a factory that builds it on the model it is "
+            "given, e.g. lambda model: IBA(model, model.layer, stats=stats)"
+        )
+    if not callable(attribution_fn):
+        raise TypeError(
+            "attribution_fn must be a factory model -> attribution object, or a function "
+            "(model, inputs, target) -> maps"
+        )
+    if _required_positional(attribution_fn) != 1:
+        return attribution_fn
+
+    def from_factory(model, inputs, target):
+        method = attribution_fn(model)
+        if not hasattr(method, "attribute"):
+            raise TypeError(
+                "attribution_fn with one argument must return an attribution object (with "
+                f".attribute), got {type(method).__name__}"
+            )
+        bound = owning_module(getattr(method, "forward_func", None))
+        layers = getattr(method, "layer", None)
+        layers = layers if isinstance(layers, (list, tuple)) else [layers]
+        if (bound is not None and bound is not model) or not all(
+            layer is None or any(layer is m for m in model.modules()) for layer in layers
+        ):
+            raise ValueError(
+                "attribution_fn must build the attribution on the model (and its layers) it is "
+                "given, e.g. lambda model: IBA(model, model.layer), not on the original model"
+            )
+        return method.attribute(inputs, target=target)
+
+    return from_factory
+
+
+def _required_positional(function) -> int:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: the old form
+        return 3
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty)
 
 
 def _compute_maps(attribution_fn, model, inputs, target, n):
@@ -140,11 +184,15 @@ def randomization_check(
 
     Args:
 
-        attribution_fn (Callable): ``attribution_fn(model, inputs, target)``
-                    returns maps of shape (N, H, W), (N, 1, h, w) or (N, C,
-                    H, W) (summed over channels); for instance
-                    ``lambda m, x, t: Saliency(m).attribute(x, target=t,
-                    abs=False)``. It is called with copies of ``model``.
+        attribution_fn (Callable): A factory ``model -> attribution
+                    object``, e.g. ``lambda m: IBA(m, m.layer, stats=s)``,
+                    whose ``attribute(inputs, target=target)`` gives the
+                    maps; or ``attribution_fn(model, inputs, target)``
+                    returning maps of shape (N, H, W), (N, 1, h, w) or (N,
+                    C, H, W) (summed over channels), e.g. ``lambda m, x, t:
+                    Saliency(m).attribute(x, target=t, abs=False)``. Either
+                    is called with copies of ``model``; an attribution
+                    object itself (bound to the original model) is refused.
         model (nn.Module): The trained model.
         inputs (Tensor or tuple): Passed to ``attribution_fn`` unchanged,
                     first dimension N.
@@ -174,8 +222,14 @@ def randomization_check(
           the largest odd window that fits, NaN below 3 x 3) of the maps,
           each min-max scaled to [0, 1], with the original maps.
 
+    Raises:
+        TypeError: ``attribution_fn`` is an attribution object, not a factory.
+        ValueError: the factory builds on another model than it is given.
+
     Examples::
 
+        >>> check = randomization_check(lambda m: IBA(m, m.layer, stats=stats), net,
+        ...                             images, target=labels)
         >>> saliency = lambda m, x, t: Saliency(m).attribute(x, target=t, abs=False)
         >>> check = randomization_check(saliency, net, images, target=labels)
         >>> check.layers[0], check.spearman.mean(dim=1)   # top layer first
@@ -184,8 +238,7 @@ def randomization_check(
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(attribution_fn):
-        raise TypeError("attribution_fn must be callable as attribution_fn(model, inputs, target)")
+    attribution_fn = _as_attribution_fn(attribution_fn)
     seed = _inputs.check_positive_int(seed, "seed", minimum=0)
     names = _layer_names(model, layers)
     first_input = inputs[0] if isinstance(inputs, tuple) else inputs
