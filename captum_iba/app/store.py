@@ -115,7 +115,9 @@ def check_out_dir(out_dir) -> Path:
     if not out.is_dir():
         raise StoreError(f"{out} is a file, not a folder")
     try:
-        entries = os.listdir(out)
+        # Not counted: our scratch entries and the marker's temporary file, which another run
+        # starting on this folder at the same moment may be writing.
+        entries = [name for name in os.listdir(out) if not name.startswith((SCRATCH, f".{MARKER}."))]
     except OSError as error:
         raise StoreError(f"{out}: cannot be read ({error.strerror})") from error
     if MARKER in entries or method_folders(out, entries):

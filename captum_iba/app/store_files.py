@@ -231,7 +231,8 @@ def array_problem(path: Path, record: dict, full: bool) -> Optional[str]:
         stores written before checksums, which are checked for presence only.
     full : bool
         Also compare the SHA-256 (reads every byte); otherwise check that
-        every file is there with its size.
+        every file is there with its size. (Arrays without a record are then
+        decoded: a damaged chunk may still decode, to wrong values.)
 
     Returns
     -------
@@ -242,7 +243,7 @@ def array_problem(path: Path, record: dict, full: bool) -> Optional[str]:
         return "missing: the array's folder is gone"
     files: Optional[Dict[str, int]] = record.get("files")
     if files is None:
-        return _legacy_problem(path)
+        return _legacy_problem(path, full)
     for relative, size in files.items():
         try:
             found = (path / relative).stat().st_size
@@ -255,14 +256,16 @@ def array_problem(path: Path, record: dict, full: bool) -> Optional[str]:
     return None
 
 
-def _legacy_problem(path: Path) -> Optional[str]:
-    """An array without a checksum record: its metadata and every chunk must be present."""
+def _legacy_problem(path: Path, full: bool) -> Optional[str]:
+    """An array without a checksum record: its metadata and every chunk must be present (and decode, if ``full``)."""
     if not (path / "zarr.json").is_file():
         return "missing: its metadata zarr.json is gone (no checksum recorded: written before checksums)"
     try:
         array = zarr.open_array(store=str(path), mode="r")
         initialized = array.nchunks_initialized
-    except Exception as error:  # zarr raises many kinds on a damaged array
+        if full and initialized == array.nchunks:
+            array[...]
+    except Exception as error:  # zarr and its codecs raise many kinds on damaged files
         return f"corrupt: unreadable ({type(error).__name__}: {error})"
     if initialized != array.nchunks:
         return (f"missing: {array.nchunks - initialized} of its {array.nchunks} chunks are gone "

@@ -191,19 +191,18 @@ class BatchWriter:
                 array[...] = maps
                 fsync_tree(path)
                 fsync_dir(self.store.maps_dir)
+            if self.locked:
+                check_lock(lock_path(self.store.folder.parent, self.store.method), self.run_id,
+                           label=str(self.store.folder))
+            shape, written, record = list(maps.shape[1:]), time.time(), array_record(path)
+            rows = [{"status": "done", "batch": batch, "array": name, "row": row, "maps": len(keys),
+                     "image_id": image_id, "method": self.store.method, "target": target, "shape": shape,
+                     "written": written, **record}
+                    for row, (image_id, target) in enumerate(keys)]
+            append_lines(self.index, rows, durable=True)
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)  # unmarked: nothing refers to it; frees the space
+            shutil.rmtree(path, ignore_errors=True)  # not marked: nothing refers to it; frees the space
             raise
-        record = array_record(path)
-        if self.locked:
-            check_lock(lock_path(self.store.folder.parent, self.store.method), self.run_id,
-                       label=str(self.store.folder))
-        shape, written = list(maps.shape[1:]), time.time()
-        rows = [{"status": "done", "batch": batch, "array": name, "row": row, "maps": len(keys),
-                 "image_id": image_id, "method": self.store.method, "target": target, "shape": shape,
-                 "written": written, **record}
-                for row, (image_id, target) in enumerate(keys)]
-        append_lines(self.index, rows, durable=True)
         for earlier in self.store.maps_dir.glob(f"b{batch:06d}-*"):  # superseded now
             if earlier.name != name:
                 shutil.rmtree(earlier, ignore_errors=True)
