@@ -214,7 +214,10 @@ class WriterLock:
     def _beat(self) -> None:
         """Renew the heartbeat until released; stop if the lock is no longer ours."""
         while not self._stop.wait(self.lease_s / 10):
-            holder = read_holder(self.path)
+            try:
+                holder = read_holder(self.path)
+            except OSError:  # a flaky share: the next beat tries again
+                continue
             if holder is None or holder["token"] != self._token:
                 return  # taken over: check() and the writer's checks report it
             self._content = {**self._content, "heartbeat": time.time()}

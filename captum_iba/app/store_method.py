@@ -88,8 +88,13 @@ class MethodStore:
         computes it again: by default its files' presence and sizes are
         checked, with ``verify`` their SHA-256 as well.
         """
+        return self.resume(verify)[0]
+
+    def resume(self, verify: bool = False) -> Tuple[set, Dict[str, str]]:
+        """:meth:`done_batches` and :meth:`check_arrays` in one pass: what a rerun skips,
+        and the arrays it computes again (name -> what is wrong), to tell the user."""
         live, damaged = self.live_arrays(), self.check_arrays(verify)
-        return {rows[0]["batch"] for name, rows in live.items() if name not in damaged}
+        return {rows[0]["batch"] for name, rows in live.items() if name not in damaged}, damaged
 
     def sweep(self) -> None:
         """Remove arrays no live batch refers to (left by a killed process, or superseded)."""
