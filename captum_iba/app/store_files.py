@@ -132,8 +132,9 @@ def disk_space(path, need: Optional[int] = None) -> Iterator[None]:
         amounts = ", ".join(text for text in (
             f"{_size(need)} needed" if need is not None else None,
             f"{_size(free)} free" if free is not None else None) if text)
+        cause = (error.strerror or "no space left on device").lower()  # or "disk quota exceeded"
         raise StoreError(
-            f"{path}: no space left on the device ({error.strerror}{'; ' + amounts if amounts else ''}); "
+            f"{path}: {cause}{f' ({amounts})' if amounts else ''}; "
             "the maps marked done so far are intact: free some space and rerun the same command"
         ) from error
 
