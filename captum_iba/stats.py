@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -100,8 +101,10 @@ class FeatureStats:
         self._require_data()
         payload = {"format": _FORMAT, "count": self.count}
         payload.update({key: getattr(self, key) for key in _TENSOR_KEYS})
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)  # in memory first: a full disk then fails as an OSError with its errno
         with atomic_path(path) as temporary:
-            torch.save(payload, temporary)
+            temporary.write_bytes(buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":

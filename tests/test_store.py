@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_iba.app import store as io
+from captum_iba.app import store_method
 from captum_iba.app.store import BatchWriter, StoreError, check_out_dir, open_method_store, read_index, read_maps
 from captum_iba.app.distributed import batch_seed, shard
 
@@ -65,7 +65,7 @@ def test_a_batch_whose_write_fails_is_not_marked(tmp_path, monkeypatch):
     def disk_full(path):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(io, "_fsync_tree", disk_full)  # the maps cannot be made durable
+    monkeypatch.setattr(store_method, "fsync_tree", disk_full)  # the maps cannot be made durable
     with pytest.raises(OSError, match="No space"):
         BatchWriter(store, "run2", rank=0).done(1, keys_of(1, 2), maps_of(1, 2))
     assert store.done_batches() == {0} and len(read_maps(out)) == 2
