@@ -6,6 +6,7 @@ from a folder the user names, and the embedded models are trained on the
 phantom on first use and cached (see :func:`load_embedded_model`).
 """
 
+from ._files import MissingImagesWarning
 from .brixia import BrixIA
 from .embedded import EMBEDDED_MODELS, embedded_model_path, load_embedded_model
 from .models import densenet121_cxr, small_densenet
@@ -18,6 +19,7 @@ __all__ = [
     "PhantomCXR",
     "NIHChestXray8",
     "BrixIA",
+    "MissingImagesWarning",
     "densenet121_cxr",
     "small_densenet",
     "fit",
