@@ -171,10 +171,7 @@ class ExternalModel(nn.Module):
     Parameters
     ----------
     model : nn.Module
-        The user's model; held as ``wrapped``, its top-level children also
-        registered here under their own names, so its layer names resolve on
-        the wrapper (``wrapper.get_submodule("features.denseblock3")`` is the
-        model's ``features.denseblock3``).
+        The user's model, available as ``wrapped``.
     outputs : mapping of str to int
         Finding to the model's output index.
     input_format : InputFormat
@@ -188,11 +185,25 @@ class ExternalModel(nn.Module):
     missing_findings : tuple of str
         Findings the model has no output for. Their output column is 0 (a
         constant): leave them out of evaluations; their attributions are void.
+    output_index : dict
+        Finding to the model's output index, for the findings it has.
     task : str
         ``"nih"``.
 
     Notes
     -----
+    The wrapper is a *view* of the user's model, not a container: it shares
+    the model's children, parameters and buffers under the model's own names,
+    so the user's layer names resolve on it unchanged
+    (``wrapper.get_submodule("features.denseblock3")`` is the model's
+    ``features.denseblock3``), its ``state_dict`` has the model's keys, and
+    ``.to()``, ``.eval()`` and ``.requires_grad_()`` act on the model. (The
+    other choice, holding the model as a child ``model``, would have prefixed
+    every layer name with ``model.`` and made tools that walk the children,
+    as Captum's LRP does, meet every layer twice.) The model's ``forward`` is
+    called directly, so forward hooks on the model's top-level module itself
+    (not its layers) do not run.
+
     ``forward(images)`` takes ``(N, 3, H, W)`` images as
     :func:`~captum_iba.cxr.schema.to_model_input` makes them and returns
     ``(N, 8)`` logits, the order of :data:`FINDINGS`. It has no data-dependent
@@ -204,23 +215,39 @@ class ExternalModel(nn.Module):
     def __init__(self, model: nn.Module, outputs: Mapping[str, int], input_format: InputFormat,
                  input_size: Optional[int] = None) -> None:
         super().__init__()
-        clashes = [name for name, _ in model.named_children() if name in self._OWN or hasattr(nn.Module, name)]
+        names = [*model._modules, *model._parameters, *model._buffers]
+        clashes = [name for name in names if name in self._OWN or hasattr(nn.Module, name)]
         if clashes:
             raise ValueError(f"model: its top-level layer name(s) {clashes} clash with the wrapper's attributes")
-        for name, child in model.named_children():
-            self.add_module(name, child)  # first registered name wins: the user's names
-        self.wrapped = model
+        # Share, not copy: the same dicts, so what acts on the wrapper acts on the model.
+        self._modules = model._modules
+        self._parameters = model._parameters
+        self._buffers = model._buffers
+        self._non_persistent_buffers_set = model._non_persistent_buffers_set
+        object.__setattr__(self, "_wrapped", model)  # not a child: its children are ours already
         self.output_index = {finding: outputs[finding] for finding in FINDINGS if finding in outputs}
         self.findings = FINDINGS
         self.missing_findings = tuple(finding for finding in FINDINGS if finding not in outputs)
         self.input_format = input_format
         self.input_size = input_size
         self.task = "nih"
+        self.train(model.training)
+
+    @property
+    def wrapped(self) -> nn.Module:
+        """The user's model."""
+        return self._wrapped
+
+    def train(self, mode: bool = True) -> "ExternalModel":
+        super().train(mode)
+        self._wrapped.training = mode  # its children share ours; its own flag does not
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         if self.input_size is not None:
             images = F.interpolate(images, size=(self.input_size,) * 2, mode="bilinear", antialias=True)
-        scores = self.wrapped(self.input_format(images))
+        # .forward, not __call__: torch.fx then traces into it, finding its layers under our names.
+        scores = self._wrapped.forward(self.input_format(images))
         if not self.missing_findings:
             return scores[:, [self.output_index[finding] for finding in FINDINGS]]
         columns = [scores[:, self.output_index[f]] if f in self.output_index else torch.zeros_like(scores[:, 0])

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import types
 import warnings
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["xrv_model", "xrv_weights_path"]
@@ -61,6 +64,15 @@ def _no_download(*args, **kwargs):
     raise RuntimeError("captum_iba does not download torchxrayvision weights")
 
 
+def _pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+    """torchxrayvision DenseNet's ``features2`` with an out-of-place ReLU.
+
+    Its own ReLU after ``features.norm5`` works in place, which breaks tools
+    that hook that layer's output (TorchRay's Grad-CAM).
+    """
+    return F.adaptive_avg_pool2d(F.relu(self.features(x)), (1, 1)).flatten(1)
+
+
 def xrv_model(name: str, *, pretrained: bool = True, cache_dir=None) -> nn.Module:
     """A torchxrayvision classifier by weights name, set to output logits.
 
@@ -81,7 +93,8 @@ def xrv_model(name: str, *, pretrained: bool = True, cache_dir=None) -> nn.Modul
         In eval mode, with ``pathologies`` (its output names) and
         ``input_size`` (the resolution it was trained at). Its operating-point
         calibration is switched off, so it outputs logits; its own resizing is
-        left to :class:`ExternalModel` (so that the forward traces).
+        left to :class:`~captum_iba.cxr.external.ExternalModel` (so that the
+        forward traces); a DenseNet's final ReLU is made out-of-place.
 
     Raises
     ------
@@ -108,6 +121,8 @@ def xrv_model(name: str, *, pretrained: bool = True, cache_dir=None) -> nn.Modul
         raise ValueError(f"model 'xrv:{name}': random weights (pretrained=False) are available for DenseNets only")
     else:
         model = xrv.models.DenseNet(weights=None, num_classes=len(entry["labels"]))
+    if not resnet:
+        model.features2 = types.MethodType(_pooled_features, model)
     model.op_threshs = None
     model.apply_sigmoid = False
     if "input_resolution" in vars(model):
