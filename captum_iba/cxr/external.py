@@ -9,9 +9,9 @@ three channels, value range, size), runs the model, and picks the model's
 outputs of the 8 findings, in the paper's order.
 
 The wrapper is *transparent*: the user's model's own layer names resolve on it
-(``features.denseblock3`` of a DenseNet, ``layer3`` of a ResNet), because the
-model's top-level children are registered on the wrapper under their own
-names. The user's model itself is held as ``wrapped``.
+(``features.denseblock3`` of a DenseNet, ``layer3`` of a ResNet), because it
+shares the model's children, parameters and buffers under their own names
+(see :class:`ExternalModel`); the model itself is ``wrapper.wrapped``.
 
 Nothing is downloaded: factories are the user's code, weights the user's
 files, and torchxrayvision weights are read from its local cache only.
@@ -378,7 +378,7 @@ def external_model(
     Examples
     --------
     >>> model = external_model("xrv:densenet121-res224-all")  # doctest: +SKIP
-    >>> model.missing_findings
+    >>> model.missing_findings  # doctest: +SKIP
     ()
     """
     spec = str(spec)
