@@ -126,6 +126,21 @@ def test_xrv_weights_absent_are_named_and_not_downloaded(tmp_path, monkeypatch):
         external_model("xrv:densenet121-res224-all", weights=tmp_path / "w.pt", pretrained=False)
 
 
+def test_xrv_weights_are_read_from_the_cache_folder(tmp_path, monkeypatch):
+    xrv = pytest.importorskip("torchxrayvision")
+    monkeypatch.setattr(xrv.utils, "download", lambda *a, **k: pytest.fail("tried to download"))
+    torch.manual_seed(3)
+    source = xrv.models.DenseNet(weights=None).eval()
+    torch.nn.init.normal_(source.classifier.bias)
+    torch.save(source, xrv_weights_path("densenet121-res224-all", tmp_path))  # the file format xrv caches
+    model = external_model("xrv:densenet121-res224-all", cache_dir=tmp_path)
+    assert torch.equal(model.classifier.bias, source.classifier.bias) and model.input_size == 224
+    images = grey_images(1, size=224)
+    with torch.no_grad():
+        expected = source(parse_input_format("xrv")(images))[0, [source.targets.index(f) for f in FINDINGS]]
+        assert torch.allclose(model(images)[0], expected, atol=1e-4)  # logits: calibration switched off
+
+
 @pytest.mark.parametrize("spec", ["factory", "xrv"])
 def test_iba_runs_at_the_default_layer_on_a_64_px_image(factories, spec):
     if spec == "xrv":
