@@ -1,132 +1,97 @@
-"""Readers of real datasets, on tiny fixture folders written in the official formats."""
+"""Readers of real datasets on small folders in the official formats (see tests/_realdata.py)."""
 
-import hashlib
 import shutil
 import sys
 
 import numpy as np
 import pytest
 import torch
+from _realdata import (
+    BRIXIA_HEADER,
+    NIH_IMAGES,
+    folder_digest,
+    gradient,
+    nih_pattern,
+    write_dicom,
+    write_nih_folder,
+)
 from PIL import Image
 
-from captum_iba.cxr import FINDINGS, BrixIA, NIHChestXray8, to_grey
+from captum_iba.cxr import FINDINGS, BrixIA, MissingImagesWarning, NIHChestXray8, to_grey
 
-NIH_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
-)
-BRIXIA_HEADER = (
-    "Filename;StudyDate;Modality;Columns;Rows;Manufacturer;PhotometricInterpretation;BrixiaScore;"
-    "BrixiaScoreGlobal;ConsensusTestset;Subject;StudyId;Sex;AgeAtStudyDateFiveYear"
-)
+# The NIH folder has two listed images missing (a partial download): tested in test_cxr_real_folders.py.
+pytestmark = pytest.mark.filterwarnings("ignore::captum_iba.cxr.MissingImagesWarning")
 
-
-def gradient(height, width):
-    """A grey test pattern, uint8."""
-    rows, cols = np.mgrid[0:height, 0:width]
-    return ((rows * 3 + cols * 5) % 256).astype(np.uint8)
-
-
-def folder_digest(root):
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+PRESENT = [image for image in NIH_IMAGES if image.size is not None]
+SPELLING = {"Infiltrate": "Infiltration"}
 
 
 @pytest.fixture
 def nih_root(tmp_path):
-    root = tmp_path / "nih"
-    (root / "images").mkdir(parents=True)
-    (root / "images_001" / "images").mkdir(parents=True)
-    pattern = gradient(128, 128)
-    Image.fromarray(pattern).save(root / "images" / "00000001_000.png")  # grey
-    Image.fromarray(np.stack([pattern] * 3, -1)).save(root / "images" / "00000002_000.png")  # RGB
-    rgba = np.dstack([pattern] * 3 + [np.full_like(pattern, 7)])  # RGBA, nearly transparent
-    Image.fromarray(rgba).save(root / "images_001" / "images" / "00000003_001.png")
-    Image.fromarray(gradient(80, 160)).save(root / "images_001" / "images" / "00000004_000.png")  # 160 wide, 80 high
-    (root / "Data_Entry_2017.csv").write_text(
-        "\n".join(
-            [
-                NIH_HEADER,
-                "00000001_000.png,Cardiomegaly|Effusion,0,1,58,M,PA,2682,2749,0.143,0.143,",
-                "00000002_000.png,No Finding,0,2,81,M,PA,2500,2048,0.171,0.171,",
-                "00000003_001.png,Infiltration|Hernia,1,3,77,F,AP,2048,2500,0.168,0.168,",
-                "00000004_000.png,Nodule,0,4,63,F,PA,2992,2991,0.143,0.143,",
-            ]
-        )
-        + "\n"
-    )
-    (root / "BBox_List_2017.csv").write_text(
-        "\n".join(
-            [
-                "Image Index,Finding Label,Bbox [x,y,w,h],,,",
-                "00000001_000.png,Cardiomegaly,32.0,48.0,64.0,40.0,,,",
-                "00000003_001.png,Infiltrate,8,16,24,32,,,",
-                "00000003_001.png,Infiltrate,80,64,16,16,,,",
-                "00000004_000.png,Nodule,40,20,20,10,,,",
-            ]
-        )
-        + "\n"
-    )
-    (root / "train_val_list.txt").write_text("00000001_000.png\n00000002_000.png\n")
-    (root / "test_list.txt").write_text("00000003_001.png\n00000004_000.png\n")
-    return root
+    return write_nih_folder(tmp_path / "nih")
 
 
-def rectangle(top, bottom, left, right, size=64):
+def box_mask(boxes, finding, size):
+    """The union of ``finding``'s boxes (1024-px frame) at ``size`` px, rounded as the reader does."""
     mask = torch.zeros(size, size, dtype=torch.bool)
-    mask[top:bottom, left:right] = True
+    scale = size / 1024
+    for label, x, y, w, h in boxes:
+        if SPELLING.get(label, label) == finding:
+            mask[round(y * scale) : round((y + h) * scale), round(x * scale) : round((x + w) * scale)] = True
     return mask
 
 
 def test_nih_labels_boxes_and_masks(nih_root):
     before = folder_digest(nih_root)
     data = NIHChestXray8(nih_root, size=64)
-    assert len(data) == 4 and data.image_ids[2] == "00000003_001.png"
-    items = [data[i] for i in range(len(data))]
-    assert items[0]["labels"].tolist() == [float(name in ("Cardiomegaly", "Effusion")) for name in FINDINGS]
-    assert items[1]["labels"].sum() == 0 and items[1]["boxes"] == [] and not items[1]["masks"].any()
-    # Hernia is not one of the 8 findings.
-    assert items[2]["labels"].tolist() == [float(name == "Infiltration") for name in FINDINGS]
-    # Boxes follow the image from 128 to 64 pixels; "Infiltrate" is read as Infiltration.
-    assert items[0]["boxes"] == [("Cardiomegaly", 16.0, 24.0, 32.0, 20.0)]
-    assert torch.equal(items[0]["masks"][FINDINGS.index("Cardiomegaly")], rectangle(24, 44, 16, 48))
-    assert items[0]["masks"].sum() == 32 * 20  # Effusion has a label but no box
-    assert [box[0] for box in items[2]["boxes"]] == ["Infiltration", "Infiltration"]
-    infiltration = rectangle(8, 24, 4, 16) | rectangle(32, 40, 40, 48)
-    assert torch.equal(items[2]["masks"][FINDINGS.index("Infiltration")], infiltration)
-    # A non-square image: x and y scale separately (160 -> 64 wide, 80 -> 64 high).
-    assert items[3]["boxes"] == [("Nodule", 16.0, 16.0, 8.0, 8.0)]
-    assert all(item["image"].shape == (3, 64, 64) for item in items)
-    assert [item["image_id"] for item in items] == data.image_ids
-    assert torch.equal(data.targets("labels"), torch.stack([item["labels"] for item in items]))
+    assert data.image_ids == [image.name for image in PRESENT]
+    for image, index in zip(PRESENT, range(len(data))):
+        item = data[index]
+        labels = {SPELLING.get(label, label) for label in image.labels.split("|")}
+        assert item["labels"].tolist() == [float(name in labels) for name in FINDINGS]  # Hernia is not one
+        assert [box[0] for box in item["boxes"]] == [SPELLING.get(box[0], box[0]) for box in image.boxes]
+        expected = [[value * 64 / 1024 for value in box[1:]] for box in image.boxes]
+        assert [list(box[1:]) for box in item["boxes"]] == [pytest.approx(box) for box in expected]
+        for k, finding in enumerate(FINDINGS):
+            assert torch.equal(item["masks"][k], box_mask(image.boxes, finding, 64)), (image.name, finding)
+        assert item["image"].shape == (3, 64, 64) and item["image_id"] == image.name
+    # Effusion of the first image has a label but no box: no mask.
+    assert not data[0]["masks"][FINDINGS.index("Effusion")].any()
+    assert torch.equal(data.targets("labels"), torch.stack([data[i]["labels"] for i in range(len(data))]))
     assert folder_digest(nih_root) == before  # user files are only read
 
 
-def test_nih_grey_rgb_and_rgba_read_alike(nih_root):
+def test_nih_grey_rgb_rgba_and_16_bit_read_alike(nih_root):
     data = NIHChestXray8(nih_root, size=64)
-    grey, rgb, rgba = (data[i]["image"] for i in range(3))
-    assert torch.allclose(grey, rgb, atol=1e-6) and torch.allclose(grey, rgba, atol=1e-6)
-    expected = np.asarray(Image.fromarray(gradient(128, 128)).resize((64, 64), Image.Resampling.BILINEAR)) / 255
-    assert torch.allclose(to_grey(grey), torch.from_numpy(expected).float(), atol=1 / 255 + 1e-4)
+    modes = set()
+    for image, index in zip(PRESENT, range(len(data))):
+        stored = nih_pattern(image, image.size)
+        expected = np.array(Image.fromarray(stored).resize((64, 64), Image.Resampling.BILINEAR))
+        assert torch.allclose(to_grey(data[index]["image"]), torch.from_numpy(expected), atol=1 / 255 + 1e-4)
+        modes.add(image.mode)
+    assert modes == {"grey", "rgb", "rgba", "grey16"}
 
 
 def test_nih_splits_and_bbox_only(nih_root):
-    assert NIHChestXray8(nih_root, split="train", size=32).image_ids == ["00000001_000.png", "00000002_000.png"]
-    assert NIHChestXray8(nih_root, split="test", size=32).image_ids == ["00000003_001.png", "00000004_000.png"]
+    for split in ("train", "test"):
+        expected = [image.name for image in PRESENT if image.split == split]
+        assert NIHChestXray8(nih_root, split=split, size=32).image_ids == expected
     boxed = NIHChestXray8(nih_root, size=32, bbox_only=True)
-    assert boxed.image_ids == ["00000001_000.png", "00000003_001.png", "00000004_000.png"]
-    assert NIHChestXray8(nih_root, split="test", size=32, bbox_only=True).image_ids == boxed.image_ids[1:]
-
-
-def test_nih_v2020_label_file_accepted(nih_root):
-    (nih_root / "Data_Entry_2017.csv").rename(nih_root / "Data_Entry_2017_v2020.csv")
-    assert len(NIHChestXray8(nih_root, size=32)) == 4
+    assert boxed.image_ids == [image.name for image in PRESENT if image.boxes]
+    boxed_test = NIHChestXray8(nih_root, split="test", size=32, bbox_only=True).image_ids
+    assert boxed_test == [image.name for image in PRESENT if image.boxes and image.split == "test"]
 
 
 @pytest.mark.parametrize(
     "break_it, kwargs, error, words",
     [
         (lambda root: shutil.rmtree(root), {}, FileNotFoundError, ["root folder", "nih"]),
-        (lambda root: (root / "Data_Entry_2017.csv").unlink(), {}, FileNotFoundError, ["Data_Entry_2017.csv", "nih"]),
+        (
+            lambda root: (root / "Data_Entry_2017.csv").unlink(),
+            {},
+            FileNotFoundError,
+            ["Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv", "nih"],
+        ),
         (
             lambda root: (root / "Data_Entry_2017.csv").write_text("Image Index,Labels\nx.png,Mass\n"),
             {},
@@ -158,10 +123,10 @@ def test_nih_v2020_label_file_accepted(nih_root):
             ["Bbox [x", "BBox_List_2017.csv"],
         ),
         (
-            lambda root: (root / "images_001" / "images" / "00000004_000.png").unlink(),
-            {},
-            FileNotFoundError,
-            ["00000004_000.png", "images"],
+            lambda root: (root / "test_list.txt").write_text("99999999_000.png\n"),
+            {"split": "test"},
+            ValueError,
+            ["'test' split", "label file"],
         ),
     ],
 )
@@ -177,6 +142,8 @@ def test_nih_bad_arguments(nih_root):
         NIHChestXray8(nih_root, split="val")
     with pytest.raises(ValueError, match="size"):
         NIHChestXray8(nih_root, size=8)
+    with pytest.raises(ValueError, match="box_frame"):
+        NIHChestXray8(nih_root, box_frame=0)
 
 
 @pytest.fixture
@@ -216,26 +183,8 @@ def test_brixia_consensus_split(brixia_root):
     assert BrixIA(brixia_root, split="train", size=32).image_ids == ["1001.dcm", "1003.dcm"]
 
 
-def write_dicom(path, pixels, photometric):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
-    dataset.PixelData = pixels.astype(np.uint16).tobytes()
-    dataset.save_as(path, enforce_file_format=True)
-
-
 def test_brixia_dicom_monochrome1_is_inverted(tmp_path):
+    pytest.importorskip("pydicom")
     root = tmp_path / "brixia"
     (root / "dicom_clean").mkdir(parents=True)
     pixels = (gradient(64, 64).astype(np.uint16) * 16) + 5
@@ -291,7 +240,12 @@ def test_brixia_without_pydicom_says_how_to_get_it(tmp_path, monkeypatch):
             FileNotFoundError,
             ["dicom_clean/", "png/", "jpg/", "brixia"],
         ),
-        (lambda root: (root / "jpg" / "1003.jpg").unlink(), {}, FileNotFoundError, ["1003.dcm", "png/"]),
+        (
+            lambda root: [path.unlink() for path in (root / "png").glob("*")],
+            {"split": "test"},
+            FileNotFoundError,
+            ["'test' split", "1002.dcm", "png/"],
+        ),
         (
             lambda root: (root / "metadata_global_v2.csv").write_text(
                 BRIXIA_HEADER + "\n1001.dcm;1;CR;1;1;X;M;0124a1;0;0;1;1;M;6\n"

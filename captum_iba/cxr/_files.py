@@ -6,15 +6,28 @@ Files are only ever opened for reading.
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["existing_folder", "first_existing", "read_table", "read_grey", "resize_grey"]
+__all__ = [
+    "MissingImagesWarning",
+    "existing_folder",
+    "first_existing",
+    "read_table",
+    "read_grey",
+    "resize_grey",
+    "keep_present",
+]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class MissingImagesWarning(UserWarning):
+    """Some images listed in a dataset's label file are not on disk and were left out."""
 
 
 def existing_folder(dataset: str, root) -> Path:
@@ -94,3 +107,53 @@ def resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
         (size, size), Image.Resampling.BILINEAR
     )
     return np.asarray(resized, dtype=np.float32)
+
+
+def keep_present(
+    dataset: str, names: Sequence[str], paths: Sequence[Optional[Path]], where: str, selection: str
+) -> List[int]:
+    """Indices of the listed images found on disk; one warning for the others.
+
+    A partial download (a few of NIH's 12 archives) is usable: the absent
+    images are left out with a single :class:`MissingImagesWarning` that says
+    how many and where they were looked for. Only when none is present is it
+    an error.
+
+    Parameters
+    ----------
+    dataset : str
+        Name used in messages.
+    names : sequence of str
+        The listed image names.
+    paths : sequence of Path or None
+        Each name's file, None when absent.
+    where : str
+        The folders searched, as the messages state them.
+    selection : str
+        What was selected (e.g. ``"the 'test' split"``), named when none is present.
+
+    Returns
+    -------
+    list of int
+        Positions of the present images, in the listed order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If images were listed but none is present.
+    """
+    present = [i for i, path in enumerate(paths) if path is not None]
+    missing = [name for name, path in zip(names, paths) if path is None]
+    if names and not present:
+        raise FileNotFoundError(
+            f"{dataset}: none of the {len(names)} image(s) of {selection} is present in {where}, "
+            f"e.g. {', '.join(missing[:3])}"
+        )
+    if missing:
+        warnings.warn(
+            f"{dataset}: {len(missing)} of the {len(names)} image(s) of {selection} are not in {where} "
+            f"and are left out (e.g. {', '.join(missing[:3])})",
+            MissingImagesWarning,
+            stacklevel=3,
+        )
+    return present

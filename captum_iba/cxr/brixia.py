@@ -9,7 +9,10 @@ Expected layout::
       jpg/<stem>.jpg
 
 ``BrixiaScore`` holds six digits 0-3, the zones A-F (A, B, C: right lung, top
-to bottom; D, E, F: left lung).
+to bottom; D, E, F: left lung). DICOM images may be ``MONOCHROME1`` (inverted)
+or ``MONOCHROME2``; PNGs grey, RGB(A), 8- or 16-bit. Images listed in the
+metadata but absent from all the image folders are left out with one
+:class:`MissingImagesWarning`; only a selection with none present is refused.
 """
 
 from __future__ import annotations
@@ -22,10 +25,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._files import existing_folder, first_existing, read_grey, read_table, resize_grey
+from ._files import (
+    MissingImagesWarning,
+    existing_folder,
+    first_existing,
+    keep_present,
+    read_grey,
+    read_table,
+    resize_grey,
+)
 from .schema import ZONES, detectors_from_zone_scores, to_model_input
 
-__all__ = ["BrixIA"]
+__all__ = ["BrixIA", "MissingImagesWarning"]
 
 _NAME = "BrixIA"
 _METADATA = "metadata_global_v2.csv"
@@ -62,6 +73,12 @@ def _read_dicom(path: Path) -> np.ndarray:
     return grey
 
 
+def _selection(split: Optional[str]) -> str:
+    if split is None:
+        return _METADATA
+    return f"the {split!r} split (ConsensusTestset = {int(split == 'test')} in {_METADATA})"
+
+
 class BrixIA(Dataset):
     """BrixIA images with their six zone scores, global score and three-detector labels.
 
@@ -88,6 +105,17 @@ class BrixIA(Dataset):
     DICOM pixel values are stretched to [0, 1] per image and ``MONOCHROME1``
     images inverted; PNG/JPEG images are taken as they display (already
     converted, bright = dense).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the metadata or every image folder is missing, or none of the
+        selected images is on disk (the message names the selection).
+
+    Warns
+    -----
+    MissingImagesWarning
+        Once, when some of the selected images are not on disk: they are left out.
     """
 
     def __init__(self, root, size: int = 224, split: Optional[str] = None) -> None:
@@ -106,14 +134,14 @@ class BrixIA(Dataset):
                 f"{_NAME}: no image folder in {str(self.root)!r}: "
                 f"looked for {', '.join(f + '/' for f in _IMAGE_FOLDERS)}"
             )
+        if not rows:
+            raise ValueError(f"{_NAME}: {_METADATA} lists no image of {_selection(split)}")
+        names = [row["Filename"] for row in rows]
+        paths = [_image_path(self.root, name) for name in names]
+        where = f"{', '.join(f + '/' for f in _IMAGE_FOLDERS)} under {str(self.root)!r}"
+        present = keep_present(_NAME, names, paths, where, _selection(split))
+        rows, paths = [rows[i] for i in present], [paths[i] for i in present]
         self.image_ids = [row["Filename"] for row in rows]
-        paths = [_image_path(self.root, name) for name in self.image_ids]
-        missing = [name for name, path in zip(self.image_ids, paths) if path is None]
-        if missing:
-            raise FileNotFoundError(
-                f"{_NAME}: {len(missing)} image(s) of {_METADATA} found in none of "
-                f"{', '.join(f + '/' for f in _IMAGE_FOLDERS)} under {str(self.root)!r}, e.g. {missing[:3]}"
-            )
         if any(path.parent.name == "dicom_clean" for path in paths):
             try:
                 import pydicom  # noqa: F401

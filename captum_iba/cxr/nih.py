@@ -3,11 +3,18 @@
 Expected layout (as downloaded from the NIH box folder)::
 
     root/
-      Data_Entry_2017.csv          (or Data_Entry_2017_v2020.csv)
+      Data_Entry_2017.csv          or Data_Entry_2017_v2020.csv (either variant)
       BBox_List_2017.csv           boxes, needed for bbox_only=True
       train_val_list.txt           needed for split="train"
       test_list.txt                needed for split="test"
-      images/*.png                 or the official images_001/images/*.png ... folders
+      images/*.png                 the official archives unpacked into root, or
+      images_001/images/*.png ...  the per-archive folders of common mirrors
+
+A partial download (some of the 12 archives) is read as it is: listed images
+that are absent are left out with one :class:`MissingImagesWarning`. Resized
+copies (512, 256, 224 px, ...) are read like the official 1024-px PNGs: the
+boxes of ``BBox_List_2017.csv`` are in the official 1024 x 1024 frame and are
+scaled from it, whatever the size of the PNG on disk.
 """
 
 from __future__ import annotations
@@ -20,10 +27,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._files import existing_folder, first_existing, read_grey, read_table, resize_grey
+from ._files import (
+    MissingImagesWarning,
+    existing_folder,
+    first_existing,
+    keep_present,
+    read_grey,
+    read_table,
+    resize_grey,
+)
 from .schema import FINDINGS, to_model_input
 
-__all__ = ["NIHChestXray8"]
+__all__ = ["NIHChestXray8", "MissingImagesWarning", "BOX_FRAME"]
+
+#: Side of the official NIH PNGs, the frame of the boxes in ``BBox_List_2017.csv``.
+BOX_FRAME = 1024
 
 _NAME = "NIH ChestX-ray8"
 _ENTRY_FILES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -42,7 +60,7 @@ def _finding(label: str) -> str:
 
 
 def _image_paths(root: Path) -> Dict[str, Path]:
-    """PNG file name to path, over ``images/`` and the official ``images_*/images/`` folders."""
+    """PNG file name to path, over ``images/`` and the per-archive ``images_*/images/`` folders."""
     paths = {}
     for folder in [root / "images", *sorted(root.glob("images_*/images"))]:
         for path in folder.glob("*.png"):
@@ -50,8 +68,17 @@ def _image_paths(root: Path) -> Dict[str, Path]:
     return paths
 
 
+def _where(root: Path) -> str:
+    return f"{str(root / 'images')!r} or {str(root / 'images_*' / 'images')!r}"
+
+
+def _selection(split: Optional[str], bbox_only: bool) -> str:
+    what = "the label file" if split is None else f"the {split!r} split ({_SPLIT_FILES[split]})"
+    return what + (" with boxes" if bbox_only else "")
+
+
 def _read_boxes(root: Path) -> Dict[str, List[Box]]:
-    """Boxes of the 8 findings per image, in the PNG's pixels: ``(finding, x, y, w, h)``."""
+    """Boxes of the 8 findings per image, in the 1024-px frame: ``(finding, x, y, w, h)``."""
     path = first_existing(_NAME, root, (_BOX_FILE,), "the box list (needed for bbox_only=True)")
     boxes: Dict[str, List[Box]] = {}
     for row in read_table(_NAME, path, _BOX_COLUMNS):
@@ -79,11 +106,28 @@ class NIHChestXray8(Dataset):
         ``test_list.txt``.
     size : int, default 224
         Images are resized to ``size`` x ``size`` (anti-aliased bilinear);
-        boxes are rescaled with them.
+        boxes are scaled from the official frame to it.
     bbox_only : bool
         Keep only the images with at least one box of the 8 findings (880 of
         them), as for localisation. Boxes are read from ``BBox_List_2017.csv``
         when it exists; it is required for ``bbox_only=True``.
+    box_frame : int, default 1024
+        Side of the frame the box file's coordinates are in: the official
+        PNGs' 1024, also for resized copies of the images (their box file is
+        the official one). Change it only for a box file rewritten to another
+        frame.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a needed file is missing, or none of the selected images is on
+        disk (the message names the selection and some of the files).
+
+    Warns
+    -----
+    MissingImagesWarning
+        Once, when some of the selected images are not on disk: they are left
+        out.
 
     Notes
     -----
@@ -93,16 +137,27 @@ class NIHChestXray8(Dataset):
     Labels``), ``masks`` (8 x size x size bool, the union of each finding's
     boxes), ``boxes`` (list of ``(finding, x, y, w, h)`` in output pixels) and
     ``image_id`` (the ``Image Index``, e.g. ``"00000001_000.png"``). Grey, RGB
-    and RGBA PNGs are all read as grey.
+    and RGBA PNGs are all read as grey, 8- or 16-bit.
     """
 
-    def __init__(self, root, split: Optional[str] = None, size: int = 224, bbox_only: bool = False) -> None:
+    def __init__(
+        self,
+        root,
+        split: Optional[str] = None,
+        size: int = 224,
+        bbox_only: bool = False,
+        *,
+        box_frame: int = BOX_FRAME,
+    ) -> None:
         if split is not None and split not in _SPLIT_FILES:
             raise ValueError(f"split: expected None, 'train' or 'test', got {split!r}")
         if not isinstance(size, numbers.Integral) or size < 32:
             raise ValueError(f"size: expected an integer >= 32, got {size!r}")
+        if not isinstance(box_frame, numbers.Real) or box_frame <= 0:
+            raise ValueError(f"box_frame: expected a positive number of pixels, got {box_frame!r}")
         self.root = existing_folder(_NAME, root)
         self.size = int(size)
+        self.box_frame = float(box_frame)
         entries = read_table(
             _NAME,
             first_existing(_NAME, self.root, _ENTRY_FILES, "the label file"),
@@ -118,19 +173,18 @@ class NIHChestXray8(Dataset):
         if bbox_only:
             entries = [row for row in entries if row["Image Index"] in self._boxes]
 
-        self.image_ids = [row["Image Index"] for row in entries]
-        present = [{_finding(label) for label in row["Finding Labels"].split("|")} for row in entries]
-        self._labels = torch.tensor([[float(name in labels) for name in FINDINGS] for labels in present])
-        self._labels = self._labels.reshape(len(entries), len(FINDINGS))
+        if not entries:
+            raise ValueError(f"{_NAME}: no image of {_selection(split, bbox_only)} is listed in the label file")
         available = _image_paths(self.root)
-        missing = [name for name in self.image_ids if name not in available]
-        if missing:
-            raise FileNotFoundError(
-                f"{_NAME}: {len(missing)} image(s) listed in the label file are not in "
-                f"{str(self.root / 'images')!r} or {str(self.root / 'images_*' / 'images')!r}, "
-                f"e.g. {missing[:3]}"
-            )
-        self._paths = [available[name] for name in self.image_ids]
+        names = [row["Image Index"] for row in entries]
+        paths = [available.get(name) for name in names]
+        present = keep_present(_NAME, names, paths, _where(self.root), _selection(split, bbox_only))
+        entries = [entries[i] for i in present]
+        self._paths = [paths[i] for i in present]
+        self.image_ids = [row["Image Index"] for row in entries]
+        findings = [{_finding(label) for label in row["Finding Labels"].split("|")} for row in entries]
+        self._labels = torch.tensor([[float(name in labels) for name in FINDINGS] for labels in findings])
+        self._labels = self._labels.reshape(len(entries), len(FINDINGS))
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -147,11 +201,12 @@ class NIHChestXray8(Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         name = self.image_ids[index]
         grey = read_grey(self._paths[index])
-        scale_y, scale_x = self.size / grey.shape[0], self.size / grey.shape[1]
+        # Boxes are in the official frame, not the stored PNG's (mirrors ship resized copies).
+        scale = self.size / self.box_frame
         masks = np.zeros((len(FINDINGS), self.size, self.size), dtype=bool)
         boxes = []
         for finding, x, y, w, h in self._boxes.get(name, []):
-            box = (finding, x * scale_x, y * scale_y, w * scale_x, h * scale_y)
+            box = (finding, x * scale, y * scale, w * scale, h * scale)
             left, top = int(round(box[1])), int(round(box[2]))
             right, bottom = int(round(box[1] + box[3])), int(round(box[2] + box[4]))
             masks[FINDINGS.index(finding), max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)] = True
