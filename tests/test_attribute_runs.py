@@ -19,7 +19,7 @@ import torch
 
 from captum_iba.cxr import PhantomCXR, collate
 from captum_iba.cxr.checkpoints import save_model
-from captum_iba.app.sources import open_model
+from captum_iba.app.sources import choose_layers, open_model
 from captum_iba.app.store import MethodStore, read_index, read_maps
 from captum_iba.methods import MethodSuite
 from captum_iba.app import store as store_module
@@ -176,10 +176,10 @@ def expected_maps(method, task, stats, options, loss=None, threshold="top:0.3"):
     """The maps MethodSuite gives each batch of the run, with the batch's seed."""
     model_task = {"regression": "brixia_regression"}.get(method, "nih" if task == "nih" else "brixia_detectors")
     model = open_model(model_task, None, **RECIPE)
-    layers = ("features.denseblock1", "features.denseblock2", "features.denseblock3")
+    layers = choose_layers(model, 32)  # the run's choice: the map grid closest to 14 cells
     suite = MethodSuite(model, task="regression" if method == "regression" else "classification",
-                        stats={layer: stats.get(layer) for layer in layers}, multilayer_layers=layers,
-                        multilayer_threshold=threshold, iba_options=options)
+                        stats=stats, multilayer_threshold=threshold, iba_options=options,
+                        **layers.suite_options())
     items = PhantomCXR(IMAGES, size=32, seed=1000, task=task)
     label_key = "labels" if task == "nih" else "detectors"
     expected = {}

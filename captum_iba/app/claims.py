@@ -22,13 +22,7 @@ def claims(results: dict) -> List[dict]:
     found = []
     nih = results.get("nih")
     if nih:
-        iba, inverse = nih["coverage"]["iba"], nih["coverage"]["inverse"]
-        measured = (f"share of a two-part finding's parts reached by the thresholded map, over {inverse['pairs']} "
-                    f"pairs: Inverse IBA {fmt(inverse['coverage'])}, IBA {fmt(iba['coverage'])}; "
-                    f"mean IoU Inverse {fmt(nih['scores']['inverse']['iou'])}, IBA {fmt(nih['scores']['iba']['iou'])}")
-        enough = inverse["pairs"] >= MIN_CLAIM_PAIRS
-        found.append(_claim("Inverse IBA finds all informative regions, IBA a sufficient subset", measured,
-                            inverse["coverage"] > iba["coverage"] + MARGIN if enough else None))
+        found.append(_inverse_claim(nih))
         small = [f for f in SMALL_FINDINGS if f in nih["scores"]["iba"]["class_iou"]]
         multi = _nanmean([nih["scores"]["multilayer"]["class_iou"][f] for f in small])
         single = _nanmean([nih["scores"]["iba"]["class_iou"][f] for f in small])
@@ -55,6 +49,18 @@ def claims(results: dict) -> List[dict]:
         found.append(_claim("Regression IBA maps follow the zone severities (severity-map PCC above chance)",
                             measured, all(v > chance + 0.1 for v in pcc.values())))
     return found
+
+
+def _inverse_claim(nih: dict) -> dict:
+    claim = "Inverse IBA finds all informative regions, IBA a sufficient subset"
+    if "coverage" not in nih:
+        return _claim(claim, f"not measured: {nih['coverage_skipped']}", None)
+    iba, inverse = nih["coverage"]["iba"], nih["coverage"]["inverse"]
+    measured = (f"share of a two-part finding's parts reached by the thresholded map, over {inverse['pairs']} "
+                f"pairs: Inverse IBA {fmt(inverse['coverage'])}, IBA {fmt(iba['coverage'])}; "
+                f"mean IoU Inverse {fmt(nih['scores']['inverse']['iou'])}, IBA {fmt(nih['scores']['iba']['iou'])}")
+    enough = inverse["pairs"] >= MIN_CLAIM_PAIRS
+    return _claim(claim, measured, inverse["coverage"] > iba["coverage"] + MARGIN if enough else None)
 
 
 def _claim(claim: str, measured: str, held: Optional[bool]) -> dict:

@@ -17,16 +17,11 @@ import torch
 
 from ..cxr.checkpoints import TASKS
 from ..cxr.training import LOSSES
-from ..methods import DEFAULT_LAYER, DEFAULT_THRESHOLD, METHODS
+from ..methods import DEFAULT_THRESHOLD, METHODS
 from ..objectives import REGRESSION_LOSSES
-from .evaluation import EvaluationSettings
+from .commands import run_demo, run_evaluate, run_train
 from .plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_STEPS
 from .sources import DATASETS, HELD_OUT_PHANTOM_SEED
-
-def _settings(args) -> EvaluationSettings:
-    return EvaluationSettings(batch_size=args.batch_size, insertion_steps=args.insertion_steps,
-                              sensitivity_masks=args.sensitivity_masks, seed=args.seed)
-
 
 def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> None:
     parser.add_argument("--out", default="report", help="report folder (default: report/)")
@@ -41,105 +36,29 @@ def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> Non
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _suite_options(args) -> dict:
-    return {"iba_options": {"steps": args.steps}, "extremal_iterations": args.extremal_iterations}
-
-
-def _print_summary(results: dict, out: str) -> None:
-    from .report import headline_table
-
-    print(f"\nreport written to {out}/report.md ({results['seconds_total']:.0f} s)")
-    if "nih" in results:
-        print(headline_table(results))
-    for claim in results["claims"]:
-        print(f"- {claim['claim']}: {claim['verdict']}")
-
-
-def run_demo(args) -> int:
-    """The paper's evaluation on the embedded phantom and its models."""
-    from ..cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
-    from .report import ReportInputs, run_report
-
-    overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
-                                   ("test_images", args.train_images), ("epochs", args.epochs)) if v}
-    models = {}
-    for name in EMBEDDED_MODELS:
-        models[name] = load_embedded_model(name, progress=not args.quiet, **overrides)
-        print(f"model {name}: {_quality(models[name].metrics)}")
-    size = models["nih_bce"].input_size
-    auc_images = max(args.images, args.auc_images)
-    inputs = ReportInputs(
-        models=models,
-        nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih"),
-        brixia=PhantomCXR(args.images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="brixia"),
-        nih_estimation=PhantomCXR(256, size=size, seed=0, task="nih"),
-        brixia_estimation=PhantomCXR(256, size=size, seed=0, task="brixia"),
-        images=args.images,
-        auc_images=auc_images,
-        description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the four embedded "
-                     f"models trained on it (captum_iba.cxr). Evaluated on held-out phantom images "
-                     f"(seed {HELD_OUT_PHANTOM_SEED}): {args.images} per study, {auc_images} for AUC/AP. "
-                     f"Command: `captum-iba demo --images {args.images} --seed {args.seed}`."),
-        suite_options=_suite_options(args),
-    )
-    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
-    _print_summary(results, args.out)
-    return 0
-
-
-def _quality(metrics: dict) -> str:
-    if "mae" in metrics:
-        return f"MAE {metrics['mae']:.2f} on {metrics['n']} held-out phantom images"
-    return f"mean AUC {metrics['mean_auc']:.3f}, mean AP {metrics['mean_ap']:.3f} on {metrics['n']} held-out images"
-
-
-def run_evaluate(args) -> int:
-    """The same evaluation on a real dataset folder and a checkpoint."""
-    from .sources import open_dataset, open_model
-    from .report import ReportInputs, run_report
-
-    model = open_model(args.task or ("nih" if args.dataset == "nih" else "brixia_regression"), args.checkpoint)
-    name = {"nih": "nih_bce", "brixia_regression": "brixia_regression", "brixia_detectors": "brixia_detectors"}[model.task]
-    test = open_dataset(args.dataset, args.root, size=model.input_size, split="test")
-    train = open_dataset(args.dataset, args.root, size=model.input_size, split="train")
-    estimation = torch.utils.data.Subset(train, range(min(len(train), 256)))
-    key = "nih" if args.dataset == "nih" else "brixia"
-    inputs = ReportInputs(
-        models={name: model}, images=args.images, auc_images=max(args.images, 200),
-        description=(f"{args.dataset} at {args.root}, checkpoint {args.checkpoint} ({model.task}); "
-                     f"{args.images} test-split images per study."),
-        suite_options=_suite_options(args),
-        **{key: test, f"{key}_estimation": estimation},
-    )
-    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
-    _print_summary(results, args.out)
-    return 0
-
-
-def run_train(args) -> int:
-    """Train a DenseNet on a dataset and write a checkpoint for evaluate/attribute."""
-    from ..cxr import densenet121_cxr, fit, evaluate, small_densenet
-    from ..cxr.checkpoints import save_model
-    from .sources import open_dataset
-
-    target, outputs = TASKS[args.task]
-    phantom_task = "nih" if args.task == "nih" else "brixia"
-    size = args.size or (224 if args.dataset != "phantom" else None)
-    train = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=args.images, seed=0, split="train")
-    test = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=max(64, args.images // 5), seed=1,
-                        split="test")
-    size = train[0]["image"].shape[-1]
-    if args.architecture == "densenet121":
-        model, architecture = densenet121_cxr(outputs), {"name": "densenet121"}
-    else:
-        model, architecture = small_densenet(outputs), {"name": "small_densenet"}
-    loss = args.loss or ("mse" if target == "score" else "bce")
-    fit(model, train, loss, target=target, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, progress=not args.quiet)
-    quality = evaluate(model, test, target=target)
-    save_model(model, args.out, task=args.task, architecture=architecture, input_size=size)
-    print(f"wrote {args.out}: {args.task} model, {_quality(quality)}")
-    return 0
+def add_model_arguments(parser: argparse.ArgumentParser, *, default: str) -> None:
+    """The options that choose the model and where the bottleneck goes (evaluate, attribute)."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--checkpoint", metavar="FILE", help=f"a model written by `captum-iba train` (default: {default})")
+    group.add_argument("--model", metavar="SPEC",
+                       help="your own model instead: package.module:function (a factory returning an nn.Module) "
+                            "or xrv:NAME (a torchxrayvision model, e.g. xrv:densenet121-res224-all, weights from "
+                            "its local cache); it explains the 8 NIH findings")
+    group.add_argument("--weights", metavar="FILE", help="--model factory: a state dict to load (weights_only)")
+    group.add_argument("--outputs", metavar="FINDING=K,...",
+                       help="--model: which output is which finding, e.g. Atelectasis=0,Cardiomegaly=1 (default: "
+                            "the model's output names, or outputs 0-7 in the paper's order)")
+    group.add_argument("--input-format", metavar="FORMAT",
+                       help="--model: what it takes: imagenet (default for factories), xrv (default for xrv:), "
+                            "or a range such as [0,1], rgb:[0,255], grey:[-1,1]")
+    group.add_argument("--random-weights", action="store_true",
+                       help="--model xrv:NAME: random weights instead of the cached ones (a sanity baseline)")
+    group.add_argument("--layer", metavar="NAME",
+                       help="the IBA family's bottleneck (default: the DenseNet dense block or ResNet stage whose "
+                            "map is closest to 14x14 cells at the image size: features.denseblock3 at 224 px, "
+                            "features.denseblock2 at 96 px, layer3 of a ResNet at 224 px)")
+    group.add_argument("--multilayer-layers", metavar="A,B,...",
+                       help="Multi-layer IBA's layers, finest first (default: the stages up to --layer)")
 
 
 #: One line for ``captum-iba attribute --help``.
@@ -174,9 +93,8 @@ def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"phantom only: seed of its images (default {HELD_OUT_PHANTOM_SEED}, held out from training)")
     data.add_argument("--size", type=int, metavar="PX", help="image side (default: the model's input size)")
 
-    model = parser.add_argument_group("model and targets")
-    model.add_argument("--checkpoint", metavar="FILE",
-                       help="a model written by `captum-iba train` (default: the embedded phantom model)")
+    add_model_arguments(parser, default="the embedded phantom model of the task")
+    model = parser.add_argument_group("targets")
     model.add_argument("--target", action="append", metavar="K",
                        help="output index to explain (repeatable, or a comma list); default: every positive "
                             "label of an item (labels, detectors), else its top prediction")
@@ -185,7 +103,6 @@ def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
 
     method = parser.add_argument_group("method options")
     method.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
-    method.add_argument("--layer", help=f"the IBA layer (default {DEFAULT_LAYER})")
     method.add_argument("--beta", type=float, metavar="B", help="weight of the information loss (default: the method's)")
     method.add_argument("--steps", type=int, metavar="N", help=f"optimisation steps (default {DEFAULT_STEPS})")
     method.add_argument("--noise-draws", type=int, metavar="N",
@@ -228,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    description=run_evaluate.__doc__)
     evaluate.add_argument("--dataset", choices=[n for n, s in DATASETS.items() if not s.generated], required=True)
     evaluate.add_argument("--root", required=True, help="the dataset folder")
-    evaluate.add_argument("--checkpoint", required=True, help="a model written by `captum-iba train`")
+    evaluate.add_argument("--size", type=int, metavar="PX", help="image side (default: the model's input size)")
+    add_model_arguments(evaluate, default="required unless --model")
     evaluate.add_argument("--task", choices=list(TASKS), default=None,
                           help="the checkpoint's task (default: nih for --dataset nih, else brixia_regression)")
     _add_evaluation_options(evaluate, images=64)

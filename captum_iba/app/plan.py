@@ -8,11 +8,11 @@ naming the argument at fault.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 from ..maps import parse_threshold
-from ..methods import DEFAULT_LAYER, DEFAULT_MULTILAYER_LAYERS, DEFAULT_THRESHOLD, METHODS
+from ..methods import DEFAULT_THRESHOLD, METHODS
 from ..objectives import REGRESSION_LOSSES
 from .sources import DATASETS, TASKS
 
@@ -46,10 +46,16 @@ class Plan:
         Item entry whose positives are the default targets; None for the regressor.
     targets : tuple of int or None
         Explicit ``--target`` indices.
-    layer : str
-        The IBA layer.
+    layer : str or None
+        The IBA layer asked for (None: chosen by resolution, see
+        :func:`captum_iba.app.sources.choose_layers`, once the model is loaded).
+    multilayer : tuple of str or None
+        Multi-layer IBA's layers asked for.
+    model : dict
+        How to open the model (:func:`captum_iba.app.sources.open_model`'s options).
     stats_layers : tuple of str
-        Layers whose statistics the method needs (none for the baselines).
+        Layers whose statistics the method needs (none for the baselines);
+        empty until :meth:`with_layers` resolves them.
     options : dict
         The method's options as the configuration records them.
     embedded_overrides : dict
@@ -62,10 +68,21 @@ class Plan:
     data_task: str
     label_key: Optional[str]
     targets: Optional[Tuple[int, ...]]
-    layer: str
+    layer: Optional[str]
+    multilayer: Optional[Tuple[str, ...]]
+    model: dict
     stats_layers: Tuple[str, ...]
     options: dict
     embedded_overrides: dict
+    cam_layer: Optional[str] = None
+
+    def with_layers(self, layers) -> "Plan":
+        """This plan with the layers chosen for the loaded model (:class:`~captum_iba.app.sources.Layers`)."""
+        kind = METHODS[self.method].layers
+        stats_layers = {"bottleneck": (layers.bottleneck,), "multilayer": layers.multilayer, "": ()}[kind]
+        options = {**self.options, "layers": list(stats_layers)} if self.options else {}
+        return replace(self, layer=layers.bottleneck, multilayer=layers.multilayer, cam_layer=layers.cam,
+                       stats_layers=stats_layers, options=options)
 
     @property
     def task(self) -> str:
@@ -84,6 +101,25 @@ def at_least(name: str, value: Optional[int], minimum: int = 1) -> None:
     """Raise naming ``--name`` unless ``value`` is None or an integer >= ``minimum``."""
     if value is not None and value < minimum:
         raise UsageError(f"--{name}: expected an integer >= {minimum}, got {value}")
+
+
+def model_options(args) -> dict:
+    """The model-choosing options of ``evaluate``/``attribute`` as :func:`~captum_iba.app.sources.open_model` takes them."""
+    if args.model is None:
+        for name in ("weights", "outputs", "input_format"):
+            if getattr(args, name) is not None:
+                raise UsageError(f"--{name.replace('_', '-')} applies to --model only")
+        if args.random_weights:
+            raise UsageError("--random-weights applies to --model only")
+        return {}
+    return {"model": args.model, "weights": args.weights, "outputs": args.outputs,
+            "input_format": args.input_format, "random_weights": args.random_weights}
+
+
+def layer_options(args):
+    """``--layer`` and ``--multilayer-layers`` as :func:`~captum_iba.app.sources.choose_layers` takes them."""
+    layers = [name.strip() for name in (args.multilayer_layers or "").split(",") if name.strip()]
+    return args.layer, layers or None
 
 
 def _parse_targets(values: Optional[List[str]], outputs: int) -> Optional[Tuple[int, ...]]:
@@ -152,11 +188,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--beta: expected a number >= 0, got {args.beta}")
 
 
-def _method_options(args: argparse.Namespace, applies: Sequence[str], layers: Tuple[str, ...]) -> dict:
+def _method_options(args: argparse.Namespace, applies: Sequence[str], bottleneck: bool) -> dict:
     """The IBA-family options as the configuration records them (none for the other methods)."""
-    if not layers:
+    if not bottleneck:
         return {}
-    options = {"layers": list(layers), "beta": args.beta, "steps": args.steps or DEFAULT_STEPS,
+    options = {"layers": [], "beta": args.beta, "steps": args.steps or DEFAULT_STEPS,
                "noise_draws": args.noise_draws or DEFAULT_NOISE_DRAWS}
     if "threshold" in applies:
         options["threshold"] = _threshold(args.threshold or DEFAULT_THRESHOLD)
@@ -185,16 +221,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
            reason)
     if args.stats is not None and not method.layers:
         raise UsageError(f"--stats does not apply {reason}: it needs no feature statistics")
-    if method.layers == "multilayer":
-        refuse(args, ("layer",), f"{reason}: it uses {', '.join(DEFAULT_MULTILAYER_LAYERS)}")
+    if method.layers != "multilayer":
+        refuse(args, ("multilayer_layers",), reason)
     if args.loss is not None and args.loss not in REGRESSION_LOSSES:
         raise UsageError(f"--loss: expected one of {', '.join(REGRESSION_LOSSES)}, got {args.loss!r}")
-    if args.checkpoint is not None:
-        refuse(args, ("embedded_overrides",), "with --checkpoint")
+    if args.checkpoint is not None or args.model is not None:
+        refuse(args, ("embedded_overrides",), "with --checkpoint or --model")
     _check_numbers(args)
-    layer = args.layer or DEFAULT_LAYER
-    stats_layers = {"bottleneck": (layer,), "multilayer": DEFAULT_MULTILAYER_LAYERS, "": ()}[method.layers]
-    options = _method_options(args, method.options, stats_layers)
+    layer, multilayer = layer_options(args)
+    options = _method_options(args, method.options, bool(method.layers))
     return Plan(
         method=args.method,
         method_key=f"{args.method}-{options['loss']}" if "loss" in options else args.method,
@@ -203,7 +238,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         label_key=label_key,
         targets=_parse_targets(args.target, TASKS[model_task][1]),
         layer=layer,
-        stats_layers=stats_layers,
+        multilayer=tuple(multilayer) if multilayer else None,
+        model=model_options(args),
+        stats_layers=(),
         options=options,
         embedded_overrides=_parse_overrides(args.embedded_overrides),
     )

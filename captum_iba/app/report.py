@@ -96,6 +96,10 @@ def _table1(results: dict):
              markdown_table(rows, columns), "",
              "IoU: thresholded map vs the finding's mask; pointing: TorchRay's pointing game; "
              "insertion (higher is better) and deletion (lower is better) AUC of the sigmoid output.", "",
+             *([f"Left out: the model has no output for {', '.join(nih['missing_findings'])}.", ""]
+               if nih.get("missing_findings") else []),
+             *([f"Fig. 1 (Inverse IBA vs IBA on two-part findings) is left out: {nih['coverage_skipped']}.", ""]
+               if "coverage_skipped" in nih else []),
              "### Per finding (IoU)", "",
              markdown_table({k: v["class_iou"] for k, v in rows.items()}, FINDINGS), "",
              "### Pointing game per finding", "",

@@ -37,7 +37,7 @@ from ..methods import METHODS, MethodSuite
 from ..stats import FeatureStats, estimate_stats
 from .distributed import Processes, SetupFailed, batch_seed, determinism, shard
 from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan
-from .sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, open_dataset, open_model
+from .sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, open_dataset, open_model
 from .store import BatchWriter, MethodStore, StoreError, check_out_dir, open_method_store
 
 __all__ = ["run", "set_up", "attribute_shard"]
@@ -121,8 +121,9 @@ def _versions(method: str) -> dict:
 
 @dataclass
 class Setup:
-    """What process 0 prepares and shares: the same model, items and statistics for all."""
+    """What process 0 prepares and shares: the same plan (layers resolved), model, items and statistics for all."""
 
+    plan: Plan
     model: nn.Module
     items: Dataset
     stats: Dict[str, FeatureStats]
@@ -134,12 +135,9 @@ class Setup:
 def set_up(args: argparse.Namespace, plan: Plan, device: torch.device) -> Setup:
     """Process 0's part: folder check, model, configuration, store, statistics."""
     out = check_out_dir(args.out)  # before the model, which may take minutes to train
-    model = open_model(plan.model_task, args.checkpoint, **plan.embedded_overrides)
-    modules = dict(model.named_modules())
-    missing = [layer for layer in plan.stats_layers if layer not in modules]
-    if missing:
-        raise UsageError(f"--layer: the model has no layer {missing[0]!r}")
+    model = open_model(plan.model_task, args.checkpoint, **plan.model, **plan.embedded_overrides)
     size = args.size or model.input_size
+    plan = plan.with_layers(choose_layers(model, size, plan.layer, plan.multilayer))
     items = _items(args, plan, size)
     given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None
     stats_identity = None
@@ -165,7 +163,7 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device) -> Setup:
         stats = given or _estimate_stats(model.to(device), args, plan, size, device)
         store.save_stats(stats)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
-    return Setup(model.cpu(), items, stats, store.config_hash, store.done_batches(), run_id)
+    return Setup(plan, model.cpu(), items, stats, store.config_hash, store.done_batches(), run_id)
 
 
 def _attach(out: str, plan: Plan, config_hash: str, rank: int) -> MethodStore:
@@ -221,11 +219,9 @@ def _suite(model: nn.Module, plan: Plan, stats: Dict[str, FeatureStats]) -> Meth
         iba_options = {"steps": plan.options["steps"], "noise_draws": plan.options["noise_draws"]}
         if plan.options["beta"] is not None:
             iba_options["beta"] = plan.options["beta"]
-    suite_layers = {"layer": plan.layer}
-    if METHODS[plan.method].layers == "multilayer":
-        suite_layers["multilayer_layers"] = plan.stats_layers
-        suite_layers["multilayer_threshold"] = plan.options["threshold"]
-    return MethodSuite(model, task=plan.task, stats=stats, iba_options=iba_options, **suite_layers)
+    threshold = {"multilayer_threshold": plan.options["threshold"]} if "threshold" in plan.options else {}
+    return MethodSuite(model, task=plan.task, stats=stats, iba_options=iba_options, layer=plan.layer,
+                       multilayer_layers=plan.multilayer, cam_layer=plan.cam_layer, **threshold)
 
 
 @dataclass
@@ -283,8 +279,8 @@ def _summarise(args: argparse.Namespace, plan: Plan, setup: Setup, tallies: List
 
 
 def _plan_and_set_up(args: argparse.Namespace, device: torch.device) -> Tuple[Plan, Setup]:
-    plan = make_plan(args)
-    return plan, set_up(args, plan, device)
+    setup = set_up(args, make_plan(args), device)
+    return setup.plan, setup
 
 
 def _run(args: argparse.Namespace, processes: Processes) -> None:

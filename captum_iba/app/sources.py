@@ -9,17 +9,22 @@ is one entry here plus its module in :mod:`captum_iba.cxr`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
 
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._validate import find_layer
 from ..cxr import BrixIA, NIHChestXray8, PhantomCXR, load_embedded_model
 from ..cxr.checkpoints import TASKS, load_model
+from ..cxr.external import external_model
+from ..cxr.layers import bottleneck_candidates, default_bottleneck
 from ..cxr.phantom import DEFAULT_SIZE
 
 __all__ = ["DatasetSource", "DATASETS", "ModelSource", "MODEL_SOURCES", "EMBEDDED_FOR_TASK",
-           "TASKS", "register_dataset", "open_dataset", "open_model"]
+           "TASKS", "register_dataset", "open_dataset", "open_model", "Layers", "choose_layers"]
 
 #: Seed of the phantom images the embedded models were trained on (and the statistics are estimated on).
 TRAINING_PHANTOM_SEED = 0
@@ -68,14 +73,15 @@ register_dataset("phantom", DatasetSource(
         PhantomCXR(n, size=size or DEFAULT_SIZE, seed=seed, task=task)))
 register_dataset("nih", DatasetSource(
     "NIH ChestX-ray8", "nih", False,
-    lambda root, split=None, size=None, **_: NIHChestXray8(root, split=split, size=size or 224)))
+    lambda root, split=None, size=None, boxed=False, **_: NIHChestXray8(root, split=split, size=size or 224,
+                                                                      bbox_only=boxed)))
 register_dataset("brixia", DatasetSource(
     "BrixIA", "brixia", False,
     lambda root, split=None, size=None, **_: BrixIA(root, split=split, size=size or 224)))
 
 
 def open_dataset(name: str, root=None, *, task: str = "nih", size: Optional[int] = None, n: int = 64,
-                 seed: int = 0, split: Optional[str] = None) -> Dataset:
+                 seed: int = 0, split: Optional[str] = None, boxed: bool = False) -> Dataset:
     """A chest X-ray dataset by name.
 
     Parameters
@@ -92,6 +98,8 @@ def open_dataset(name: str, root=None, *, task: str = "nih", size: Optional[int]
         Number of phantom images and their seed (generated sources only).
     split : {None, "train", "test"}
         Official split of real data.
+    boxed : bool
+        Only the items with localisation ground truth (NIH: the images with boxes).
     """
     if name not in DATASETS:
         raise ValueError(f"dataset: expected one of {', '.join(DATASETS)}, got {name!r}")
@@ -100,7 +108,7 @@ def open_dataset(name: str, root=None, *, task: str = "nih", size: Optional[int]
         return source.open(task=task, size=size, n=n, seed=seed)
     if root is None:
         raise ValueError(f"dataset {name!r} is read from a folder: pass its root (--root PATH)")
-    return source.open(root, split=split, size=size)
+    return source.open(root, split=split, size=size, boxed=boxed)
 
 
 #: The embedded model that stands in for each task when no model is given.
@@ -126,27 +134,135 @@ def _checkpoint(task: str, path, **_) -> nn.Module:
     return model
 
 
+def _external(task: str, spec: str, weights=None, outputs=None, input_format=None, random_weights=False,
+              **_) -> nn.Module:
+    if task != "nih":
+        raise ValueError(f"--model {spec}: a model of your own explains the 8 NIH findings; the {task!r} task "
+                         "needs a model from `captum-iba train` (--checkpoint)")
+    model = external_model(spec, weights=weights, outputs=outputs, input_format=input_format,
+                           pretrained=not random_weights)
+    model.input_size = model.input_size or 224  # the side images are read at; the wrapper resizes to its own
+    return model
+
+
 MODEL_SOURCES: Dict[str, ModelSource] = {
     "embedded": ModelSource("the embedded phantom model (trained on first use, then cached)",
                             lambda task, spec=None, **overrides: load_embedded_model(EMBEDDED_FOR_TASK[task],
                                                                                      **overrides)),
     "checkpoint": ModelSource("a file written by `captum-iba train`", _checkpoint),
+    "factory": ModelSource("a function of yours, package.module:function, returning an nn.Module", _external),
+    "xrv": ModelSource("a torchxrayvision model, xrv:NAME, weights from its local cache", _external),
 }
 
 
-def open_model(task: str, checkpoint=None, **embedded_overrides: int) -> nn.Module:
-    """The model for ``task``: from ``checkpoint``, else the embedded phantom model.
+def open_model(task: str, checkpoint=None, *, model: Optional[str] = None, **options) -> nn.Module:
+    """The model for ``task``: from ``checkpoint``, a ``model`` spec, else the embedded phantom model.
 
     Parameters
     ----------
     task : {"nih", "brixia_regression", "brixia_detectors"}
     checkpoint : path, optional
         A file written by ``captum-iba train``; its task must be ``task``.
-    **embedded_overrides : int
-        Recipe overrides for the embedded model (see ``load_embedded_model``).
+    model : str, optional
+        ``"package.module:function"`` or ``"xrv:NAME"`` (see
+        :func:`captum_iba.cxr.external.external_model`); ``task`` must be ``"nih"``.
+    **options
+        For ``model``: ``weights``, ``outputs``, ``input_format``,
+        ``random_weights``; for the embedded model: recipe overrides (see
+        ``load_embedded_model``).
+
+    Returns
+    -------
+    nn.Module
+        In eval mode, with ``input_size`` (the image side to read data at).
     """
     if task not in TASKS:
         raise ValueError(f"task: expected one of {tuple(TASKS)}, got {task!r}")
+    if checkpoint is not None and model is not None:
+        raise ValueError("--checkpoint and --model name two models: pass one")
+    if model is not None:
+        source = "xrv" if model.startswith("xrv:") else "factory"
+        return MODEL_SOURCES[source].open(task, model, **options)
     if checkpoint is None:
-        return MODEL_SOURCES["embedded"].open(task, **embedded_overrides)
+        return MODEL_SOURCES["embedded"].open(task, **options)
     return MODEL_SOURCES["checkpoint"].open(task, checkpoint)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Where each method of the suite looks in a model.
+
+    Attributes
+    ----------
+    bottleneck : str
+        The IBA family's layer.
+    multilayer : tuple of str
+        Multi-layer IBA's layers, finest first, ending at ``bottleneck``.
+    cam : str
+        Grad-CAM's layer (the last feature map).
+    grid : (int, int)
+        Cells of the bottleneck's map at the input size.
+    """
+
+    bottleneck: str
+    multilayer: Tuple[str, ...]
+    cam: str
+    grid: Tuple[int, int]
+
+    def suite_options(self) -> dict:
+        """The :class:`~captum_iba.methods.MethodSuite` arguments for these layers."""
+        return {"layer": self.bottleneck, "multilayer_layers": self.multilayer, "cam_layer": self.cam}
+
+
+def choose_layers(model: nn.Module, input_size: int, layer: Optional[str] = None,
+                  multilayer: Optional[Sequence[str]] = None) -> Layers:
+    """The layers of :class:`Layers` for ``model`` at ``input_size`` px.
+
+    The bottleneck is ``layer``, else the DenseNet dense block or ResNet stage
+    whose map grid is closest to the paper's 14 cells per side
+    (:func:`captum_iba.cxr.layers.default_bottleneck`: dense block 3 at 224 px,
+    dense block 2 at 96 px). Multi-layer IBA takes ``multilayer``, else the
+    stages from the finest up to the bottleneck. Grad-CAM takes
+    ``features.norm5`` where the model has it (DenseNets), else the last stage.
+
+    Raises
+    ------
+    ValueError
+        Naming ``--layer`` / ``--multilayer-layers`` and the close layer names
+        when the model lacks a layer.
+    """
+    for option, names in (("--layer", [layer] if layer else []), ("--multilayer-layers", multilayer or [])):
+        for name in names:
+            find_layer(model, name, option)
+    try:
+        stages = dict(bottleneck_candidates(model, input_size))
+    except ValueError:
+        if layer is None:  # no DenseNet/ResNet stage to choose from
+            raise
+        stages = {}
+    names = list(stages)
+    bottleneck = layer or default_bottleneck(model, input_size)
+    if multilayer:
+        chain = tuple(multilayer)
+    elif bottleneck in stages:
+        chain = tuple(names[: names.index(bottleneck) + 1])
+    else:  # a layer outside the stages: Multi-layer IBA gets it alone unless told otherwise
+        chain = (bottleneck,)
+    cam = "features.norm5" if "features.norm5" in dict(model.named_modules()) else (names or [bottleneck])[-1]
+    grid = stages[bottleneck][1:] if bottleneck in stages else _grid(model, bottleneck, input_size)
+    return Layers(bottleneck, chain, cam, tuple(grid))
+
+
+def _grid(model: nn.Module, name: str, input_size: int) -> Tuple[int, int]:
+    """The (h, w) of layer ``name``'s output for one ``input_size`` image."""
+    shape = []
+    handle = dict(model.named_modules())[name].register_forward_hook(
+        lambda module, args, output: shape.extend(output.shape[-2:]))
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        model.train(training)
+        handle.remove()
+    return tuple(shape[:2])

@@ -1,0 +1,131 @@
+"""The commands that evaluate and train: ``captum-iba demo``, ``evaluate`` and ``train``.
+
+Each takes the parsed arguments of :mod:`captum_iba.app.cli` and returns an
+exit status; the report itself is :mod:`captum_iba.app.report`'s.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..cxr.checkpoints import TASKS
+from .evaluation import EvaluationSettings
+from .plan import layer_options, model_options
+from .sources import HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers
+
+__all__ = ["run_demo", "run_evaluate", "run_train"]
+
+
+def _settings(args) -> EvaluationSettings:
+    return EvaluationSettings(batch_size=args.batch_size, insertion_steps=args.insertion_steps,
+                              sensitivity_masks=args.sensitivity_masks, seed=args.seed)
+
+
+def _suite_options(args) -> dict:
+    return {"iba_options": {"steps": args.steps}, "extremal_iterations": args.extremal_iterations}
+
+
+def _print_summary(results: dict, out: str) -> None:
+    from .report import headline_table
+
+    print(f"\nreport written to {out}/report.md ({results['seconds_total']:.0f} s)")
+    if "nih" in results:
+        print(headline_table(results))
+    for claim in results["claims"]:
+        print(f"- {claim['claim']}: {claim['verdict']}")
+
+
+def run_demo(args) -> int:
+    """The paper's evaluation on the embedded phantom and its models."""
+    from ..cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
+    from .report import ReportInputs, run_report
+
+    overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
+                                   ("test_images", args.train_images), ("epochs", args.epochs)) if v}
+    models = {}
+    for name in EMBEDDED_MODELS:
+        models[name] = load_embedded_model(name, progress=not args.quiet, **overrides)
+        print(f"model {name}: {_quality(models[name].metrics)}")
+    size = models["nih_bce"].input_size
+    layers = choose_layers(models["nih_bce"], size)
+    auc_images = max(args.images, args.auc_images)
+    inputs = ReportInputs(
+        models=models,
+        nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih"),
+        brixia=PhantomCXR(args.images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="brixia"),
+        nih_estimation=PhantomCXR(256, size=size, seed=TRAINING_PHANTOM_SEED, task="nih"),
+        brixia_estimation=PhantomCXR(256, size=size, seed=TRAINING_PHANTOM_SEED, task="brixia"),
+        images=args.images,
+        auc_images=auc_images,
+        description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the four embedded "
+                     f"models trained on it (captum_iba.cxr). Evaluated on held-out phantom images "
+                     f"(seed {HELD_OUT_PHANTOM_SEED}): {args.images} per study, {auc_images} for AUC/AP. "
+                     f"Command: `captum-iba demo --images {args.images} --seed {args.seed}`."),
+        suite_options={**_suite_options(args), **layers.suite_options()},
+    )
+    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
+    _print_summary(results, args.out)
+    return 0
+
+
+def _quality(metrics: dict) -> str:
+    if "mae" in metrics:
+        return f"MAE {metrics['mae']:.2f} on {metrics['n']} held-out phantom images"
+    return f"mean AUC {metrics['mean_auc']:.3f}, mean AP {metrics['mean_ap']:.3f} on {metrics['n']} held-out images"
+
+
+def run_evaluate(args) -> int:
+    """The same evaluation on a real dataset folder and a model: a checkpoint, or your own (--model)."""
+    from .report import ReportInputs, run_report
+    from .sources import open_dataset, open_model
+
+    if args.checkpoint is None and args.model is None:
+        raise ValueError("evaluate needs a model: --checkpoint FILE (from `captum-iba train`) or --model SPEC")
+    task = args.task or ("nih" if args.dataset == "nih" else "brixia_regression")
+    model = open_model(task, args.checkpoint, **model_options(args))
+    size = args.size or model.input_size
+    layers = choose_layers(model, size, *layer_options(args))
+    name = {"nih": "nih_bce", "brixia_regression": "brixia_regression", "brixia_detectors": "brixia_detectors"}[task]
+    boxed = args.dataset == "nih"  # localisation needs the images with boxes
+    test = open_dataset(args.dataset, args.root, size=size, split="test", boxed=boxed)
+    train = open_dataset(args.dataset, args.root, size=size, split="train")
+    estimation = torch.utils.data.Subset(
+        train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:256].tolist())
+    key = "nih" if args.dataset == "nih" else "brixia"
+    inputs = ReportInputs(
+        models={name: model}, images=args.images, auc_images=max(args.images, 200),
+        description=(f"{args.dataset} at {args.root}, model {args.model or args.checkpoint} ({task}) at {size} px; "
+                     f"{args.images} test-split images per study" + (" (images with boxes)" if boxed else "") + "; "
+                     f"bottleneck `{layers.bottleneck}` ({layers.grid[0]}x{layers.grid[1]} cells)."),
+        suite_options={**_suite_options(args), **layers.suite_options()},
+        **{key: test, f"{key}_estimation": estimation},
+    )
+    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
+    _print_summary(results, args.out)
+    return 0
+
+
+def run_train(args) -> int:
+    """Train a DenseNet on a dataset and write a checkpoint for evaluate/attribute."""
+    from ..cxr import densenet121_cxr, fit, evaluate, small_densenet
+    from ..cxr.checkpoints import save_model
+    from .sources import open_dataset
+
+    target, outputs = TASKS[args.task]
+    phantom_task = "nih" if args.task == "nih" else "brixia"
+    size = args.size or (224 if args.dataset != "phantom" else None)
+    train = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=args.images, seed=0, split="train")
+    test = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=max(64, args.images // 5), seed=1,
+                        split="test")
+    size = train[0]["image"].shape[-1]
+    if args.architecture == "densenet121":
+        model, architecture = densenet121_cxr(outputs), {"name": "densenet121"}
+    else:
+        model, architecture = small_densenet(outputs), {"name": "small_densenet"}
+    loss = args.loss or ("mse" if target == "score" else "bce")
+    fit(model, train, loss, target=target, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, progress=not args.quiet)
+    quality = evaluate(model, test, target=target)
+    save_model(model, args.out, task=args.task, architecture=architecture, input_size=size)
+    print(f"wrote {args.out}: {args.task} model, {_quality(quality)}")
+    return 0
