@@ -28,6 +28,7 @@ def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> Non
     parser.add_argument("--images", type=int, default=images, help=f"held-out images per study (default {images})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the IBA noise and random choices")
     parser.add_argument("--steps", type=int, default=10, help="IBA optimisation steps (default 10)")
+    parser.add_argument("--noise-draws", type=int, default=10, help="IBA noise draws per image and step (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="images attributed together")
     parser.add_argument("--insertion-steps", type=int, default=16, help="insertion/deletion steps (default 16)")
     parser.add_argument("--sensitivity-masks", type=int, default=16, help="random masks per n in sensitivity-N")

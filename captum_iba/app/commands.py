@@ -11,7 +11,7 @@ import torch
 from ..cxr.checkpoints import TASKS
 from .evaluation import EvaluationSettings
 from .plan import layer_options, model_options
-from .sources import HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers
+from .sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, image_size
 
 __all__ = ["run_demo", "run_evaluate", "run_train"]
 
@@ -22,7 +22,7 @@ def _settings(args) -> EvaluationSettings:
 
 
 def _suite_options(args) -> dict:
-    return {"iba_options": {"steps": args.steps}, "extremal_iterations": args.extremal_iterations}
+    return {"iba_options": {"steps": args.steps, "noise_draws": args.noise_draws}, "extremal_iterations": args.extremal_iterations}
 
 
 def _print_summary(results: dict, out: str) -> None:
@@ -81,17 +81,17 @@ def run_evaluate(args) -> int:
 
     if args.checkpoint is None and args.model is None:
         raise ValueError("evaluate needs a model: --checkpoint FILE (from `captum-iba train`) or --model SPEC")
-    task = args.task or ("nih" if args.dataset == "nih" else "brixia_regression")
+    key = DATASETS[args.dataset].task  # what its items carry: "nih" or "brixia"
+    task = args.task or ("nih" if key == "nih" else "brixia_regression")
     model = open_model(task, args.checkpoint, **model_options(args))
-    size = args.size or model.input_size
+    size = image_size(model, args.size)
     layers = choose_layers(model, size, *layer_options(args))
     name = {"nih": "nih_bce", "brixia_regression": "brixia_regression", "brixia_detectors": "brixia_detectors"}[task]
-    boxed = args.dataset == "nih"  # localisation needs the images with boxes
+    boxed = key == "nih"  # localisation needs the images with boxes
     test = open_dataset(args.dataset, args.root, size=size, split="test", boxed=boxed)
     train = open_dataset(args.dataset, args.root, size=size, split="train")
     estimation = torch.utils.data.Subset(
         train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:256].tolist())
-    key = "nih" if args.dataset == "nih" else "brixia"
     inputs = ReportInputs(
         models={name: model}, images=args.images, auc_images=max(args.images, 200),
         description=(f"{args.dataset} at {args.root}, model {args.model or args.checkpoint} ({task}) at {size} px; "
@@ -113,7 +113,7 @@ def run_train(args) -> int:
 
     target, outputs = TASKS[args.task]
     phantom_task = "nih" if args.task == "nih" else "brixia"
-    size = args.size or (224 if args.dataset != "phantom" else None)
+    size = args.size or (None if DATASETS[args.dataset].generated else 224)
     train = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=args.images, seed=0, split="train")
     test = open_dataset(args.dataset, args.root, task=phantom_task, size=size, n=max(64, args.images // 5), seed=1,
                         split="test")

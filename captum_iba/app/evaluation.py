@@ -1,19 +1,18 @@
-"""The paper's evaluation: every method on held-out chest X-rays, every metric.
+"""The evaluation's building blocks: pairs to explain, every method's maps, every metric.
 
-Three studies, each over one model and a set of held-out items:
-
-* :func:`localisation_study` -- a classifier (8 findings, or BrixIA's three
-  detectors): for every (image, positive output) pair, each method's map is
-  scored by IoU with the ground truth (paper Tables 1-3), the pointing game,
-  and insertion/deletion AUC (Fig. 2); seconds per map are timed.
-* :func:`regression_study` -- the severity regressor: Regression IBA with its
-  three losses (and the baselines) scored by the Pearson correlation of the
-  map with the per-pixel severity map, and sensitivity-N (Fig. 3b).
+* :class:`Pairs`, :func:`finding_pairs`, :func:`detector_pairs` -- the
+  (image, output) pairs a classifier is explained on, with their ground truth.
+* :func:`attribute_all` -- each method's maps for all pairs, batched and
+  timed after a warm-up call.
+* :func:`localisation_scores` -- IoU (paper Tables 1-3), the pointing game and
+  insertion/deletion AUC (Fig. 2) per method.
+* :func:`regression_scores` -- severity-map PCC and sensitivity-N (Fig. 3).
 * :func:`component_coverage` -- for findings drawn in two places, how many of
   the places a thresholded map reaches (Inverse IBA's claim).
 
-Results are plain dicts of floats (JSON-ready); :mod:`captum_iba.report`
-turns them into tables, figures and the claims.
+Results are plain dicts of floats (JSON-ready). The studies that put these
+together are :mod:`captum_iba.app.studies`; :mod:`captum_iba.app.report`
+renders them.
 """
 
 from __future__ import annotations
@@ -148,10 +147,17 @@ def _pairs(images, targets, masks, ids, class_names) -> Pairs:
 
 @dataclass
 class MethodMaps:
-    """Maps of one method for every pair, and the seconds they took."""
+    """Maps of one method for every pair, and the seconds they took.
+
+    ``seconds`` is the batched run after one warm-up call on one image
+    (tracing, first allocations, compilation); ``warmup_seconds`` is that
+    one-off call, reported apart so that a method's first call does not
+    decide its rate.
+    """
 
     maps: Tensor
     seconds: float
+    warmup_seconds: float = 0.0
 
     @property
     def seconds_per_map(self) -> float:
@@ -166,26 +172,39 @@ def attribute_all(
     settings: EvaluationSettings,
     progress: bool = True,
     target_values: Optional[Tensor] = None,
+    failures: Optional[Dict[str, str]] = None,
     **options,
 ) -> Dict[str, MethodMaps]:
-    """Each method's maps for all images, batched, with wall-clock seconds.
+    """Each method's maps for all images, batched, with wall-clock seconds after a warm-up call.
 
     ``targets`` None attributes a single-output regressor; ``target_values``
     (one score per image) goes to Regression IBA's ``"mse"`` loss; ``options``
-    go to every method call (e.g. ``loss=`` for Regression IBA).
+    go to every method call (e.g. ``loss=`` for Regression IBA). With
+    ``failures`` (a dict), a Captum or TorchRay baseline that raises on this
+    model is left out and its error's first line recorded there; the IBA
+    family's errors always propagate.
     """
+    def run(name: str, lo: int, hi: int) -> Tensor:
+        target = None if targets is None else targets[lo:hi]
+        extra = {} if target_values is None else {"target_values": target_values[lo:hi]}
+        return suite.attribute(name, images[lo:hi], target, seed=settings.seed, **options, **extra)
+
     results = {}
     for name in methods:
-        batches = []
-        start = time.perf_counter()
-        for lo in tqdm(range(0, len(images), settings.batch_size), desc=METHODS[name].label,
-                       disable=not progress, leave=False):
-            hi = lo + settings.batch_size
-            target = None if targets is None else targets[lo:hi]
-            if target_values is not None:
-                options["target_values"] = target_values[lo:hi]
-            batches.append(suite.attribute(name, images[lo:hi], target, seed=settings.seed, **options))
-        results[name] = MethodMaps(torch.cat(batches), time.perf_counter() - start)
+        try:
+            start = time.perf_counter()
+            run(name, 0, 1)
+            warmup = time.perf_counter() - start
+            start = time.perf_counter()
+            batches = [run(name, lo, lo + settings.batch_size)
+                       for lo in tqdm(range(0, len(images), settings.batch_size), desc=METHODS[name].label,
+                                      disable=not progress, leave=False)]
+        except Exception as error:  # a third-party method that cannot explain this model
+            if failures is None or METHODS[name].family == "captum_iba":
+                raise
+            failures[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            continue
+        results[name] = MethodMaps(torch.cat(batches), time.perf_counter() - start, warmup)
     return results
 
 
@@ -220,6 +239,7 @@ def localisation_scores(
             "iou": _mean(iou.iou),
             "pointing": float(pointing.accuracy),
             "seconds_per_map": result.seconds_per_map,
+            "warmup_seconds": result.warmup_seconds,
             "class_iou": dict(zip(pairs.class_names, _floats(iou.class_iou))),
             "class_pointing": dict(zip(pairs.class_names, _floats(pointing.class_accuracy))),
         }
@@ -256,6 +276,7 @@ def regression_scores(
         scores[name] = {
             "pcc": _mean(map_correlation(result.maps, severity_maps)),
             "seconds_per_map": result.seconds_per_map,
+            "warmup_seconds": result.warmup_seconds,
         }
         if name in sensitivity_methods:
             correlations = sensitivity_n(

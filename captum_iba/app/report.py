@@ -153,6 +153,15 @@ def _regression(results: dict):
     return lines, tables
 
 
+def _failures(results: dict):
+    lines = [f"- {METHODS[name].label} on the {study} study: {error}"
+             for study in ("nih", "detectors", "regression") for name, error in results.get(study, {}).get("failed", {}).items()]
+    if not lines:
+        return [], []
+    return ["## Methods that could not explain this model", "",
+            "Left out of the tables above (their library raised on this model):", "", *lines, ""], []
+
+
 def _claims(results: dict):
     if not results["claims"]:
         return [], []
@@ -166,10 +175,16 @@ def _timings(results: dict):
     for study in ("nih", "detectors", "regression"):
         for key, value in results.get(study, {}).get("scores", {}).items():
             if key != "random":
-                timings.setdefault(method_label(key), {})[study] = value["seconds_per_map"]
+                row = timings.setdefault(method_label(key), {})
+                row[study] = value["seconds_per_map"]
+                row[f"{study} first call"] = value.get("warmup_seconds")
     if not timings:
         return [], []
-    return ["## Seconds per map", "", markdown_table(timings, ["nih", "detectors", "regression"]), "",
+    studies = [s for s in ("nih", "detectors", "regression") if any(s in row for row in timings.values())]
+    return ["## Seconds per map", "",
+            markdown_table(timings, [c for s in studies for c in (s, f"{s} first call")]), "",
+            "Seconds per map of the batched run after one warm-up call per method (on one image); the "
+            "warm-up call's own seconds (tracing, first allocations) are the \"first call\" columns. "
             "Batched where the method batches (the IBA family, Captum's methods); TorchRay's "
             "extremal perturbation takes one image at a time.", ""], []
 
@@ -195,7 +210,7 @@ def _notes(results: dict):
             *where, ""], []
 
 
-SECTIONS = (_head, _table1, _table2, _table3, _regression, _claims, _timings, _figures, _notes)
+SECTIONS = (_head, _table1, _table2, _table3, _regression, _failures, _claims, _timings, _figures, _notes)
 
 
 def write_report(results: dict, out_dir: str) -> None:

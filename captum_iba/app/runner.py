@@ -16,6 +16,7 @@ or ``torchrun --nproc_per_node=K -m captum_iba attribute ...``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import secrets
 import sys
@@ -37,7 +38,8 @@ from ..methods import METHODS, MethodSuite
 from ..stats import FeatureStats, estimate_stats
 from .distributed import Processes, SetupFailed, batch_seed, determinism, shard
 from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan
-from .sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, open_dataset, open_model
+from .sources import (DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, image_size, open_dataset,
+                      open_model)
 from .store import BatchWriter, MethodStore, StoreError, check_out_dir, open_method_store
 
 __all__ = ["run", "set_up", "attribute_shard"]
@@ -136,7 +138,7 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device) -> Setup:
     """Process 0's part: folder check, model, configuration, store, statistics."""
     out = check_out_dir(args.out)  # before the model, which may take minutes to train
     model = open_model(plan.model_task, args.checkpoint, **plan.model, **plan.embedded_overrides)
-    size = args.size or model.input_size
+    size = image_size(model, args.size)
     plan = plan.with_layers(choose_layers(model, size, plan.layer, plan.multilayer))
     items = _items(args, plan, size)
     given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None

@@ -24,7 +24,7 @@ from ..cxr.layers import bottleneck_candidates, default_bottleneck
 from ..cxr.phantom import DEFAULT_SIZE
 
 __all__ = ["DatasetSource", "DATASETS", "ModelSource", "MODEL_SOURCES", "EMBEDDED_FOR_TASK",
-           "TASKS", "register_dataset", "open_dataset", "open_model", "Layers", "choose_layers"]
+           "TASKS", "register_dataset", "open_dataset", "open_model", "image_size", "Layers", "choose_layers"]
 
 #: Seed of the phantom images the embedded models were trained on (and the statistics are estimated on).
 TRAINING_PHANTOM_SEED = 0
@@ -139,10 +139,13 @@ def _external(task: str, spec: str, weights=None, outputs=None, input_format=Non
     if task != "nih":
         raise ValueError(f"--model {spec}: a model of your own explains the 8 NIH findings; the {task!r} task "
                          "needs a model from `captum-iba train` (--checkpoint)")
-    model = external_model(spec, weights=weights, outputs=outputs, input_format=input_format,
-                           pretrained=not random_weights)
-    model.input_size = model.input_size or 224  # the side images are read at; the wrapper resizes to its own
-    return model
+    return external_model(spec, weights=weights, outputs=outputs, input_format=input_format,
+                          pretrained=not random_weights)
+
+
+def image_size(model: nn.Module, size: Optional[int] = None) -> int:
+    """The side to read images at: ``size``, else the model's ``input_size``, else 224 (the paper's)."""
+    return size or getattr(model, "input_size", None) or 224
 
 
 MODEL_SOURCES: Dict[str, ModelSource] = {
@@ -174,7 +177,8 @@ def open_model(task: str, checkpoint=None, *, model: Optional[str] = None, **opt
     Returns
     -------
     nn.Module
-        In eval mode, with ``input_size`` (the image side to read data at).
+        In eval mode; its ``input_size``, where it has one, is the side it
+        was trained at (see :func:`image_size`).
     """
     if task not in TASKS:
         raise ValueError(f"task: expected one of {tuple(TASKS)}, got {task!r}")

@@ -136,12 +136,13 @@ def nih_study(inputs, results, figures, settings, progress, log) -> None:
         pairs = pairs.subset([i for i, k in enumerate(pairs.targets.tolist()) if FINDINGS[k] not in missing])
     log(f"NIH-like study: {len(pairs)} (image, finding) pairs from {inputs.images} images with findings")
     suite = _suite(model, "classification", inputs.nih_estimation, inputs, progress)
-    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress)
+    failed: Dict[str, str] = {}
+    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress)
     results["layers"] = {"bottleneck": suite.layer, "multilayer": list(suite.multilayer_layers),
                          "cam": suite.cam_layer, "grid": list(suite.stats[suite.layer].mean.shape[-2:])}
     results["nih"] = {"pairs": len(pairs), "images": inputs.images, "scores": scores,
-                      "missing_findings": list(missing)}
+                      "missing_findings": list(missing), "failed": failed}
     log("  mean IoU: " + ", ".join(f"{METHODS[k].label} {v['iou']:.3f}" for k, v in scores.items()))
     _figure_methods(figures, "fig4_methods", pairs, maps, count=4)
     figures["fig2_insertion_deletion"] = Figure(
@@ -204,9 +205,10 @@ def detector_study(inputs, results, figures, settings, progress, log) -> None:
     pairs = detector_pairs(inputs.brixia, items_with(inputs.brixia, "detectors", inputs.images), DETECTORS)
     log(f"BrixIA-like detector study: {len(pairs)} (image, detector) pairs")
     suite = _suite(model, "classification", inputs.brixia_estimation, inputs, progress)
-    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress)
+    failed: Dict[str, str] = {}
+    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress, perturbation=False)
-    results["detectors"] = {"pairs": len(pairs), "scores": scores}
+    results["detectors"] = {"pairs": len(pairs), "scores": scores, "failed": failed}
 
 
 def regression_study(inputs, results, figures, settings, progress, log) -> None:
@@ -224,7 +226,8 @@ def regression_study(inputs, results, figures, settings, progress, log) -> None:
             target_values=scores_true if loss == "mse" else None, loss=loss,
         ))
     baselines = [name for name in suite.names if name != "regression"]
-    maps.update(attribute_all(suite, baselines, images, None, settings, progress))
+    failed: Dict[str, str] = {}
+    maps.update(attribute_all(suite, baselines, images, None, settings, progress, failures=failed))
     maps["random"] = MethodMaps(random_maps(maps["regression_deviation"].maps, settings.seed), 0.0)
     if not has_severity:
         results["regression_pcc_skipped"] = "the BrixIA items have no severity map (no zone masks)"
@@ -237,7 +240,7 @@ def regression_study(inputs, results, figures, settings, progress, log) -> None:
     if not has_severity:
         for value in scores.values():
             value.pop("pcc")
-    results["regression"] = {"images": len(items), "scores": scores}
+    results["regression"] = {"images": len(items), "scores": scores, "failed": failed}
     curves = {method_label(k): [v["sensitivity_n"][n] for n in sorted(v["sensitivity_n"])]
               for k, v in scores.items() if "sensitivity_n" in v}
     ns = sorted(next(v["sensitivity_n"] for v in scores.values() if "sensitivity_n" in v))
