@@ -16,6 +16,7 @@ or ``torchrun --nproc_per_node=K -m captum_iba attribute ...``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import secrets
 import sys
