@@ -2,16 +2,15 @@
 
 import json
 import math
-import os
 
 import pytest
 import torch
+from _realdata import NIH_IMAGES
 
 from captum_iba.app.cli import main
-from captum_iba.cxr import small_densenet
+from captum_iba.cxr import FINDINGS, small_densenet
 from captum_iba.cxr.checkpoints import save_model
 from captum_iba.methods import METHODS
-from test_cxr_readers import brixia_root, nih_root  # noqa: F401 (fixtures: real-format folders)
 
 TINY = ["--size", "32", "--train-images", "64", "--epochs", "1", "--images", "4", "--auc-images", "16",
         "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4", "--extremal-iterations", "2",
@@ -24,15 +23,13 @@ TABLES = ["table1_nih.csv", "table2_detectors.csv", "table3_bce_vs_weighted.csv"
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    os.environ["CAPTUM_IBA_CACHE"] = str(root / "cache")  # never the user's cache
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # never the user's cache; their value comes back afterwards
+        patch.setenv("CAPTUM_IBA_CACHE", str(root / "cache"))
         runs = []
         for name in ("first", "second"):
             assert main(["demo", *TINY, "--out", str(root / name)]) == 0
             runs.append(root / name)
         yield runs
-    finally:
-        del os.environ["CAPTUM_IBA_CACHE"]
 
 
 def _finite(value):
@@ -115,8 +112,21 @@ def _tiny_checkpoint(path, task, outputs):
     return str(path)
 
 
-QUICK = ["--images", "4", "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4",
+IMAGES = 4
+QUICK = ["--images", str(IMAGES), "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4",
          "--extremal-iterations", "2", "--quiet"]
+
+
+def boxed_test_findings():
+    """(image, finding) pairs of an NIH folder's test split: one per boxed finding of a present image.
+
+    Counted from the folder's builder (``_realdata``), where the box file
+    lists only an image's positive findings; several boxes of one finding make
+    one pair. Also returns how many present test images have a finding.
+    """
+    test = [image for image in NIH_IMAGES if image.split == "test" and image.size is not None]
+    with_findings = [image for image in test if image.labels != "No Finding"]
+    return sum(len({box[0] for box in image.boxes}) for image in test), len(with_findings)
 
 
 def test_evaluate_on_real_data_folders(nih_root, brixia_root, tmp_path):
@@ -125,7 +135,10 @@ def test_evaluate_on_real_data_folders(nih_root, brixia_root, tmp_path):
     assert main(["evaluate", "--dataset", "nih", "--root", str(nih_root), "--checkpoint", checkpoint,
                  "--out", str(out), *QUICK]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["nih"]["pairs"] == 2  # the test split's boxed findings: Infiltration (two boxes), Nodule
+    pairs, images_with_findings = boxed_test_findings()
+    assert images_with_findings <= IMAGES  # --images reaches every test image with a finding
+    assert results["nih"]["pairs"] == pairs > 0
+    assert set(results["nih"]["scores"]["iba"]["class_iou"]) == set(FINDINGS)
     assert all(_finite(v["iou"]) for v in results["nih"]["scores"].values())
 
     checkpoint = _tiny_checkpoint(tmp_path / "brixia.pt", "brixia_regression", 1)

@@ -13,7 +13,6 @@ from _realdata import (
     gradient,
     nih_pattern,
     write_dicom,
-    write_nih_folder,
 )
 from PIL import Image
 
@@ -24,11 +23,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::captum_iba.cxr.MissingImagesWar
 
 PRESENT = [image for image in NIH_IMAGES if image.size is not None]
 SPELLING = {"Infiltrate": "Infiltration"}
-
-
-@pytest.fixture
-def nih_root(tmp_path):
-    return write_nih_folder(tmp_path / "nih")
 
 
 def box_mask(boxes, finding, size):
@@ -144,23 +138,6 @@ def test_nih_bad_arguments(nih_root):
         NIHChestXray8(nih_root, size=8)
     with pytest.raises(ValueError, match="box_frame"):
         NIHChestXray8(nih_root, box_frame=0)
-
-
-@pytest.fixture
-def brixia_root(tmp_path):
-    root = tmp_path / "brixia"
-    (root / "png").mkdir(parents=True)
-    (root / "jpg").mkdir()
-    Image.fromarray(gradient(120, 100)).save(root / "png" / "1001.png")
-    Image.fromarray(gradient(64, 64)).save(root / "png" / "1002.png")
-    Image.fromarray(gradient(64, 64)).save(root / "jpg" / "1003.jpg")
-    rows = [
-        "1001.dcm;20200301;CR;100;120;Carestream;MONOCHROME2;012321;9;0;1;11;M;65",
-        "1002.dcm;20200302;DX;64;64;Agfa;MONOCHROME1;333000;9;1;2;12;F;70",
-        "1003.dcm;20200303;CR;64;64;Agfa;MONOCHROME2;12221;8;0;3;13;F;50",  # a spreadsheet dropped the leading 0
-    ]
-    (root / "metadata_global_v2.csv").write_text("\n".join([BRIXIA_HEADER] + rows) + "\n")
-    return root
 
 
 def test_brixia_scores_detectors_and_images(brixia_root):

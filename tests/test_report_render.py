@@ -1,0 +1,156 @@
+"""`captum_iba.app.report.write_report` on hand-made results: what each section says, and the files it writes."""
+
+import csv
+import json
+import pathlib
+
+import pytest
+
+from captum_iba.app import report
+from captum_iba.app.claims import fmt
+from captum_iba.app.report import headline_table, markdown_table, write_report
+from captum_iba.cxr import DETECTORS, FINDINGS
+from captum_iba.methods import METHODS
+from captum_iba.objectives import REGRESSION_LOSSES
+
+
+def localisation(iou, seconds=0.5):
+    return {"iou": iou, "pointing": iou + 0.1, "insertion_auc": 0.6, "deletion_auc": 0.2, "seconds_per_map": seconds,
+            "class_iou": {f: iou for f in FINDINGS}, "class_pointing": {f: 1.0 for f in FINDINGS}}
+
+
+def results_dict():
+    """A results dict as ``run_report`` builds it, every study present, numbers chosen by hand."""
+    regression = {f"regression_{loss}": {"pcc": 0.5 + i / 10, "seconds_per_map": 1.0,
+                                          "sensitivity_n": {"16": 0.1 * i, "64": 0.2}}
+                  for i, loss in enumerate(REGRESSION_LOSSES)}
+    regression["random"] = {"pcc": 0.01, "seconds_per_map": 0.0, "sensitivity_n": {"16": 0.0, "64": 0.0}}
+    regression["gradcam"] = {"pcc": 0.3, "seconds_per_map": 0.25}
+    return {
+        "settings": {"seed": 3, "insertion_steps": 16, "pointing_tolerance": 15, "batch_size": 8},
+        "description": "Hand-made results.",
+        "seconds_total": 12.0,
+        "environment": {"threads": 1},
+        "layers": {"bottleneck": "block.b", "multilayer": ["block.a", "block.b"], "cam": "block.c"},
+        "nih": {"pairs": 5, "images": 4, "scores": {"iba": localisation(0.25), "inverse": localisation(0.375),
+                                                     "gradcam": localisation(0.125, seconds=0.01)}},
+        "detectors": {"pairs": 3, "scores": {"iba": {**localisation(0.5), "class_iou": {d: 0.5 for d in DETECTORS}}}},
+        "table3": {"bce": {"iou": 0.2, "class_iou": {f: 0.2 for f in FINDINGS}, "mean_auc": 0.8, "mean_ap": 0.4},
+                   "weighted_bce": {"iou": 0.3, "class_iou": {f: 0.3 for f in FINDINGS}, "mean_auc": 0.79,
+                                    "mean_ap": 0.41},
+                   "auc_images": 16},
+        "regression": {"images": 4, "scores": regression},
+        "claims": [{"claim": "A claim", "measured": "x 0.100", "verdict": "held"}],
+        "figures": {"fig2_insertion_deletion": "fig2_insertion_deletion.png"},
+    }
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.reader(file))
+
+
+def test_write_report_writes_the_markdown_the_json_and_one_csv_per_table(tmp_path):
+    results = results_dict()
+    write_report(results, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["report.md", "results.json", "table1_nih.csv", "table2_detectors.csv", "table3_bce_vs_weighted.csv",
+         "severity_pcc.csv"])
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    table1 = read_csv(tmp_path / "table1_nih.csv")
+    assert table1[0] == ["method", "iou", "pointing", "insertion_auc", "deletion_auc"]
+    assert {row[0]: float(row[1]) for row in table1[1:]} == {
+        METHODS["iba"].label: 0.25, METHODS["inverse"].label: 0.375, METHODS["gradcam"].label: 0.125}
+    assert read_csv(tmp_path / "table2_detectors.csv")[1] == [METHODS["iba"].label, "0.5", "0.5", "0.5", "0.5"]
+    table3 = read_csv(tmp_path / "table3_bce_vs_weighted.csv")
+    assert [row[0] for row in table3[1:]] == ["BCE", "weighted BCE"] and table3[2][-1] == "0.3"
+    severity = {row[0]: row[1] for row in read_csv(tmp_path / "severity_pcc.csv")[1:]}
+    assert severity["random map"] == "0.01" and severity["Regression IBA (mse)"] == "0.5"
+
+
+def test_report_sections_say_what_was_measured(tmp_path):
+    write_report(results_dict(), str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    order = ["# captum_iba", "## Table 1: localisation on NIH-like findings (5 pairs, 4 images)",
+             "## Table 2: IoU per BrixIA-like detector (3 pairs)", "## Table 3", "## Severity-map correlation (4 images)",
+             "## Sensitivity-N", "## The paper's claims", "## Seconds per map", "## Figures", "## Notes"]
+    positions = [text.index(heading) for heading in order]
+    assert positions == sorted(positions)
+    assert "Seed 3;" in text and "16 steps" in text and "Hand-made results." in text
+    assert f"| {METHODS['inverse'].label} | 0.375 | 0.475 |" in text
+    assert "| A claim | x 0.100 | **held** |" in text
+    assert "![fig2_insertion_deletion](fig2_insertion_deletion.png)" in text
+    # The notes name the layers the run used, not the library defaults.
+    assert "Grad-CAM at `block.c`" in text and "`block.a`, `block.b`" in text
+    assert "features.denseblock3" not in text
+    # Seconds per map: every method of every study, the random map left out.
+    seconds = text[text.index("## Seconds per map"):text.index("## Figures")]
+    assert f"| {METHODS['gradcam'].label} | 0.010 | n/a | 0.250 |" in seconds
+    assert "random map" not in seconds
+
+
+def test_a_section_left_out_says_why(tmp_path):
+    results = results_dict()
+    del results["detectors"]
+    results["detectors_skipped"] = "the BrixIA items have no zone masks (no lung segmentation)"
+    for value in results["regression"]["scores"].values():
+        value.pop("pcc")
+    results["regression_pcc_skipped"] = "the BrixIA items have no severity map (no zone masks)"
+    write_report(results, str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Table 2\n\nNot computed: the BrixIA items have no zone masks (no lung segmentation)." in text
+    assert "## Severity-map correlation\n\nNot computed: the BrixIA items have no severity map" in text
+    assert "## Sensitivity-N" in text  # still measured without severity maps
+    assert not (tmp_path / "table2_detectors.csv").exists() and not (tmp_path / "severity_pcc.csv").exists()
+
+
+def test_without_nih_study_its_tables_and_claims_are_absent(tmp_path):
+    results = results_dict()
+    for key in ("nih", "table3", "layers"):
+        del results[key]
+    results["claims"], results["figures"] = [], {}
+    write_report(results, str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    for heading in ("## Table 1", "## Table 3", "## The paper's claims", "## Figures"):
+        assert heading not in text
+    assert "Grad-CAM at" not in text  # no layers recorded, none claimed
+    assert not (tmp_path / "table1_nih.csv").exists()
+
+
+def test_an_interrupted_write_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    write_report(results_dict(), str(tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    original = pathlib.Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        original(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    changed = results_dict()
+    changed["nih"]["scores"]["iba"]["iou"] = 0.875
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(changed, str(tmp_path))
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no half file, no temporary left
+
+
+def test_every_file_goes_through_atomic_path(tmp_path, monkeypatch):
+    written = []
+    real = report.atomic_path
+
+    def recording(path):
+        written.append(pathlib.Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(report, "atomic_path", recording)
+    write_report(results_dict(), str(tmp_path))
+    assert sorted(written) == sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_markdown_and_headline_tables():
+    table = markdown_table({"A": {"x": 0.5, "y": float("nan")}, "B": {"x": 1}}, ["x", "y"])
+    assert table.splitlines() == ["| method | x | y |", "|---|---|---|", "| A | 0.500 | n/a |", "| B | 1.000 | n/a |"]
+    headline = headline_table(results_dict())
+    assert headline.splitlines()[0] == "| method | iou | pointing | insertion_auc | deletion_auc | seconds_per_map |"
+    assert f"| {METHODS['gradcam'].label} | 0.125 | 0.225 | 0.600 | 0.200 | {fmt(0.01)} |" in headline
