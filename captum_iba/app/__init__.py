@@ -1,0 +1,1 @@
+"""The application layer of ``captum-iba``: the commands' data, runs, evaluation and report."""
