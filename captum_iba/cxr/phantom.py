@@ -8,7 +8,7 @@ that an item can be re-rendered with a finding left out and differ only
 inside that finding's mask (:meth:`PhantomCXR.item` with ``omit``).
 
 With ``cue=`` a finding name, the phantom also draws a *cue*: a bright lead
-side marker in a top corner, outside the body, that is no pathology but
+side marker in a top corner, away from the lungs, that is no pathology but
 co-occurs with that finding at set rates. A model trained on such data can
 learn the marker instead of (or besides) the finding, which gives a ground
 truth of what the model uses (:mod:`captum_iba.cxr.cue`). The cue has its own
@@ -91,7 +91,7 @@ def _expose(density: Array, rng: np.random.Generator) -> Array:
 
 
 def _cue_mask(size: int, rng: np.random.Generator) -> Array:
-    """The cue's pixels: an "L" side marker in a top corner, outside the body.
+    """The cue's pixels: an "L" side marker in a top corner, away from the lungs.
 
     About 0.16 x 0.12 of the image side, bars 0.05 thick, 3-8 % from the edges,
     in the top-left or top-right corner (at random).
