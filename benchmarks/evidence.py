@@ -149,7 +149,10 @@ SETTINGS = {
     "cells-6": (6, False, {}),
     "cells-12": (12, False, {}),
     "cells-24": (24, False, {}),
+    "cells-6-squared": (6, True, {}),
     "cells-12-squared": (12, True, {}),
+    "cells-24-squared": (24, True, {}),
+    "cells-12-squared-blur": (12, True, {"baseline": "blur"}),
     "cells-12-blur": (12, False, {"baseline": "blur"}),
 }
 
