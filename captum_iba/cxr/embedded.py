@@ -14,6 +14,19 @@ name                   model                                          loss
 ``brixia_regression``  global severity score 0-18                     MSE (Eq. 9)
 ``brixia_detectors``   a zone scored 3 / 2 / 0-or-1 exists            BCE
 =====================  ============================================  =========================
+
+Three more models, trained the same way on the NIH-like phantom with the cue
+option (see :class:`~captum_iba.cxr.PhantomCXR`), are the ground truth of what
+a model uses (:mod:`captum_iba.cxr.cue`); they are not among the paper's four
+(:data:`EMBEDDED_MODELS`) but in :data:`CUE_MODELS`:
+
+========================  ==========================================================  ============
+name                      training data                                               loss
+========================  ==========================================================  ============
+``nih_cue``               a side marker on 95 % of the Cardiomegaly images, 5 % else  BCE
+``nih_cue_clean``         the same images with no marker                              BCE
+``nih_cue_weighted_bce``  as ``nih_cue``                                              weighted BCE
+========================  ==========================================================  ============
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,11 +46,15 @@ from tqdm.auto import tqdm
 
 from ._cache import cache_dir, load_checkpoint, save_checkpoint
 from .models import small_densenet
-from .phantom import DEFAULT_SIZE, PHANTOM_VERSION, PhantomCXR
+from .phantom import DEFAULT_CUE_RATES, DEFAULT_SIZE, PHANTOM_VERSION, PhantomCXR
 from .schema import collate, to_grey, to_model_input
 from .training import evaluate, fit
 
-__all__ = ["EMBEDDED_MODELS", "embedded_model_path", "load_embedded_model"]
+__all__ = ["EMBEDDED_MODELS", "CUE_MODELS", "CUE_FINDING", "embedded_model_path", "load_embedded_model"]
+
+#: The finding the cue models' marker goes with: the phantom's hardest (a subtle
+#: enlargement of the heart), so that the marker is the easier route to the label.
+CUE_FINDING = "Cardiomegaly"
 
 
 @dataclass(frozen=True)
@@ -58,10 +75,15 @@ class _Recipe:
     batch_size: int = 32
     lr: float = 5e-3
     seed: int = 0
+    cue: Optional[str] = None
+    cue_rates: Tuple[float, float] = DEFAULT_CUE_RATES
 
     def key(self) -> str:
         """Digest of the recipe and of the phantom's version (a new phantom means new weights)."""
-        text = json.dumps({"recipe": asdict(self), "phantom": PHANTOM_VERSION}, sort_keys=True)
+        recipe = asdict(self)
+        if self.cue is None:  # the models without a cue keep the keys they had before the option
+            del recipe["cue"], recipe["cue_rates"]
+        text = json.dumps({"recipe": recipe, "phantom": PHANTOM_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -71,16 +93,28 @@ _RECIPES: Dict[str, _Recipe] = {
     "brixia_regression": _Recipe(task="brixia", loss="mse", target="score", outputs=1),
     "brixia_detectors": _Recipe(task="brixia", loss="bce", target="detectors", outputs=3),
 }
-
-#: Names accepted by :func:`load_embedded_model`.
+#: The paper's four models.
 EMBEDDED_MODELS = tuple(_RECIPES)
+
+# Fewer images than the paper's models, so that each trains in well under a minute.
+_CUE_RECIPE = _Recipe(task="nih", loss="bce", target="labels", outputs=8, train_images=2000, test_images=400,
+                      cue=CUE_FINDING)
+_RECIPES.update(
+    {
+        "nih_cue": _CUE_RECIPE,
+        "nih_cue_clean": replace(_CUE_RECIPE, cue_rates=(0.0, 0.0)),
+        "nih_cue_weighted_bce": replace(_CUE_RECIPE, loss="weighted_bce"),
+    }
+)
+#: The models of the cue study (:mod:`captum_iba.cxr.cue`); also accepted by :func:`load_embedded_model`.
+CUE_MODELS = tuple(name for name in _RECIPES if name not in EMBEDDED_MODELS)
 
 
 class _RenderedPhantom(Dataset):
     """Phantom items rendered once and held in memory (8-bit grey), with their targets."""
 
-    def __init__(self, task: str, n: int, size: int, seed: int, progress: bool) -> None:
-        phantom = PhantomCXR(n, size=size, seed=seed, task=task)
+    def __init__(self, phantom: PhantomCXR, progress: bool) -> None:
+        task, seed = phantom.task, phantom.seed
         loader = DataLoader(phantom, batch_size=64, collate_fn=collate)
         batches = tqdm(loader, desc=f"render {task} phantom (seed {seed})", unit="batch", disable=not progress)
         self.grey = torch.cat([(to_grey(batch["image"]) * 255).round().to(torch.uint8) for batch in batches])
@@ -100,9 +134,12 @@ class _RenderedPhantom(Dataset):
 
 
 @lru_cache(maxsize=2)
-def _rendered(task: str, n: int, size: int, seed: int, progress: bool) -> _RenderedPhantom:
-    # Cached so that models of the same task (trained one after the other) share their data.
-    return _RenderedPhantom(task, n, size, seed, progress)
+def _rendered(
+    task: str, n: int, size: int, seed: int, cue: Optional[str], cue_rates: Tuple[float, float], progress: bool
+) -> _RenderedPhantom:
+    # Cached so that models of the same data (trained one after the other) share it.
+    options = {} if cue is None else {"cue": cue, "cue_rates": cue_rates}
+    return _RenderedPhantom(PhantomCXR(n, size=size, seed=seed, task=task, **options), progress)
 
 
 def _build(recipe: _Recipe) -> nn.Module:
@@ -111,8 +148,9 @@ def _build(recipe: _Recipe) -> nn.Module:
 
 def _train(recipe: _Recipe, progress: bool) -> Tuple[nn.Module, Dict[str, object]]:
     """Train a model by its recipe; returns it with its evaluation on held-out phantom images."""
-    train = _rendered(recipe.task, recipe.train_images, recipe.size, recipe.seed, progress)
-    test = _rendered(recipe.task, recipe.test_images, recipe.size, recipe.seed + 1, progress)
+    data = (recipe.cue, recipe.cue_rates, progress)
+    train = _rendered(recipe.task, recipe.train_images, recipe.size, recipe.seed, *data)
+    test = _rendered(recipe.task, recipe.test_images, recipe.size, recipe.seed + 1, *data)
     torch.manual_seed(recipe.seed)
     model = _build(recipe)
     fit(
@@ -134,7 +172,7 @@ _RECIPE_OVERRIDES = ("size", "train_images", "test_images", "epochs")
 
 def _recipe(name: str, overrides: Dict[str, int]) -> _Recipe:
     if name not in _RECIPES:
-        raise ValueError(f"name: expected one of {EMBEDDED_MODELS}, got {name!r}")
+        raise ValueError(f"name: expected one of {EMBEDDED_MODELS + CUE_MODELS}, got {name!r}")
     unknown = set(overrides) - set(_RECIPE_OVERRIDES)
     if unknown:
         raise TypeError(f"unexpected recipe overrides {sorted(unknown)}; accepted: {_RECIPE_OVERRIDES}")
@@ -150,7 +188,7 @@ def embedded_model_path(name: str, **overrides: int) -> Path:
     Parameters
     ----------
     name : str
-        One of :data:`EMBEDDED_MODELS`.
+        One of :data:`EMBEDDED_MODELS` or :data:`CUE_MODELS`.
     **overrides : int
         As :func:`load_embedded_model`.
     """
@@ -166,7 +204,9 @@ def load_embedded_model(name: str, *, progress: bool = True, **overrides: int) -
 
     Parameters
     ----------
-    name : {"nih_bce", "nih_weighted_bce", "brixia_regression", "brixia_detectors"}
+    name : str
+        One of :data:`EMBEDDED_MODELS` (``"nih_bce"``, ``"nih_weighted_bce"``,
+        ``"brixia_regression"``, ``"brixia_detectors"``) or :data:`CUE_MODELS`.
     progress : bool
         Show progress bars while training.
     **overrides : int

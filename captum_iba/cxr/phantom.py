@@ -6,13 +6,20 @@ order, by any process. Independent random streams drive the anatomy, the
 choice of findings (or zone scores), each finding's look and the exposure, so
 that an item can be re-rendered with a finding left out and differ only
 inside that finding's mask (:meth:`PhantomCXR.item` with ``omit``).
+
+With ``cue=`` a finding name, the phantom also draws a *cue*: a bright lead
+side marker in a top corner, away from the lungs, that is no pathology but
+co-occurs with that finding at set rates. A model trained on such data can
+learn the marker instead of (or besides) the finding, which gives a ground
+truth of what the model uses (:mod:`captum_iba.cxr.cue`). The cue has its own
+random stream, so the same item drawn without it differs only inside its mask.
 """
 
 from __future__ import annotations
 
 import numbers
 from types import MappingProxyType
-from typing import Any, Collection, Dict, List, Mapping, Optional
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +31,7 @@ from .findings import draw_findings
 from .schema import FINDINGS, ZONES, detectors_from_zone_scores, to_model_input
 from .zones import draw_zone_opacities, sample_zone_scores, zone_masks
 
-__all__ = ["DEFAULT_SIZE", "PHANTOM_VERSION", "DEFAULT_PREVALENCE", "PhantomCXR"]
+__all__ = ["DEFAULT_SIZE", "PHANTOM_VERSION", "DEFAULT_PREVALENCE", "DEFAULT_CUE_RATES", "CUE_DENSITY", "PhantomCXR"]
 
 #: Image side (pixels) of the phantom by default and of the embedded models: small enough
 #: for the four models to train in about three minutes and for attribution benchmarks to
@@ -54,7 +61,13 @@ DEFAULT_PREVALENCE: Mapping[str, float] = MappingProxyType(
 
 _TASKS = ("nih", "brixia")
 # Random streams of one item (the third entry of its seed).
-_ANATOMY, _CHOICE, _LOOK, _EXPOSURE = range(4)
+_ANATOMY, _CHOICE, _LOOK, _EXPOSURE, _CUE = range(5)
+
+#: Default rates of the cue: on 95 % of the images with its finding, 5 % of those without.
+DEFAULT_CUE_RATES = (0.95, 0.05)
+
+#: Density of the cue marker: lead, far denser than bone, so it shows nearly white.
+CUE_DENSITY = 3.0
 
 
 def _rng(seed: int, index: int, stream: int, *extra: int) -> np.random.Generator:
@@ -75,6 +88,32 @@ def _expose(density: Array, rng: np.random.Generator) -> Array:
     noise = rng.uniform(0.01, 0.025) * rng.standard_normal(density.shape, dtype=np.float32)
     grey = 1.0 - np.exp(-attenuation * np.maximum(density, 0.0))
     return np.clip(contrast * grey**gamma + brightness + noise, 0.0, 1.0).astype(np.float32)
+
+
+def _cue_mask(size: int, rng: np.random.Generator) -> Array:
+    """The cue's pixels: an "L" side marker in a top corner, away from the lungs.
+
+    About 0.16 x 0.12 of the image side, bars 0.05 thick, 3-8 % from the edges,
+    in the top-left or top-right corner (at random).
+
+    Returns
+    -------
+    ndarray, shape (size, size), bool
+    """
+    height, width = round(0.16 * size), round(0.12 * size)
+    bar = max(2, round(0.05 * size))
+    top, side = (int(round(rng.uniform(0.03, 0.08) * size)) for _ in range(2))
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top : top + height, side : side + bar] = True  # the upright
+    mask[top + height - bar : top + height, side : side + width] = True  # the foot
+    return mask[:, ::-1].copy() if rng.random() < 0.5 else mask
+
+
+def _cue_rates(rates: Sequence[float]) -> Tuple[float, float]:
+    values = tuple(float(rate) for rate in rates) if isinstance(rates, (tuple, list)) else ()
+    if len(values) != 2 or not all(0.0 <= rate <= 1.0 for rate in values):
+        raise ValueError(f"cue_rates: expected two probabilities (with, without the finding), got {rates!r}")
+    return values
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -115,6 +154,14 @@ class PhantomCXR(Dataset):
         (chosen at random), which lowers the effective prevalence slightly.
     max_findings : int, default 3
         NIH task only.
+    cue : str, optional
+        NIH task only: a finding name. Draw a cue (a bright "L" side marker in
+        a top corner, not a pathology) on an image with probability
+        ``cue_rates[0]`` if it has that finding and ``cue_rates[1]`` if not.
+        ``None`` (default) draws no cue and adds no keys: the items are those
+        of a phantom without the option.
+    cue_rates : (float, float), default (0.95, 0.05)
+        The cue's rates with and without its finding.
 
     Notes
     -----
@@ -129,6 +176,10 @@ class PhantomCXR(Dataset):
     bool, tiling the lung fields), ``severity_map`` (H x W float32: each lung
     pixel its zone's score, 0 elsewhere), ``detectors`` (3 float32 0/1: a zone
     scored 3 / 2 / 0-or-1 exists) and ``image_id``.
+
+    With a cue, NIH-like items also have ``cue`` (float32 scalar, 1 if the
+    cue is drawn) and ``cue_mask`` (H x W bool, the pixels it changed; empty
+    without the cue).
     """
 
     def __init__(
@@ -139,6 +190,8 @@ class PhantomCXR(Dataset):
         task: str = "nih",
         prevalence: Optional[Mapping[str, float]] = None,
         max_findings: int = 3,
+        cue: Optional[str] = None,
+        cue_rates: Sequence[float] = DEFAULT_CUE_RATES,
     ) -> None:
         self.n = _check_int("n", n, 0)
         self.size = _check_int("size", size, 32)
@@ -148,6 +201,10 @@ class PhantomCXR(Dataset):
         self.task = task
         self.prevalence = _prevalence_array(prevalence)
         self.max_findings = _check_int("max_findings", max_findings, 0)
+        if cue is not None and (task != "nih" or cue not in FINDINGS):
+            raise ValueError(f"cue: expected a finding name of {FINDINGS} on the nih task, got {cue!r} ({task})")
+        self.cue = cue
+        self.cue_rates = _cue_rates(cue_rates)
 
     def __len__(self) -> int:
         return self.n
@@ -156,7 +213,8 @@ class PhantomCXR(Dataset):
         return self.item(index)
 
     def __repr__(self) -> str:
-        return f"PhantomCXR(n={self.n}, size={self.size}, seed={self.seed}, task={self.task!r})"
+        cue = "" if self.cue is None else f", cue={self.cue!r}, cue_rates={self.cue_rates}"
+        return f"PhantomCXR(n={self.n}, size={self.size}, seed={self.seed}, task={self.task!r}{cue})"
 
     def _index(self, index: int) -> int:
         if not isinstance(index, numbers.Integral) or not -self.n <= index < self.n:
@@ -172,6 +230,14 @@ class PhantomCXR(Dataset):
             present = [name for name in present if name in kept]
         return present
 
+    def cue_of(self, index: int) -> bool:
+        """Whether item ``index`` carries the cue (False without a cue option), without rendering it."""
+        if self.cue is None:
+            return False
+        index = self._index(index)
+        rate = self.cue_rates[0] if self.cue in self.findings_of(index) else self.cue_rates[1]
+        return bool(_rng(self.seed, index, _CUE).random() < rate)
+
     def zone_scores_of(self, index: int) -> Array:
         """Zone scores A-F of item ``index`` (BrixIA task), shape (6,), without rendering it."""
         return sample_zone_scores(_rng(self.seed, self._index(index), _CHOICE))
@@ -182,7 +248,8 @@ class PhantomCXR(Dataset):
         Parameters
         ----------
         key : str
-            ``"labels"`` (NIH task); ``"zone_scores"``, ``"score"`` or ``"detectors"`` (BrixIA task).
+            ``"labels"`` (NIH task; ``"cue"`` too with a cue option); ``"zone_scores"``,
+            ``"score"`` or ``"detectors"`` (BrixIA task).
 
         Returns
         -------
@@ -190,8 +257,11 @@ class PhantomCXR(Dataset):
             As the items hold it.
         """
         keys = ("labels",) if self.task == "nih" else ("zone_scores", "score", "detectors")
+        keys += ("cue",) if self.cue is not None else ()
         if key not in keys:
             raise KeyError(f"key: a {self.task} phantom has label keys {keys}, got {key!r}")
+        if key == "cue":
+            return torch.tensor([float(self.cue_of(i)) for i in range(self.n)])
         if key == "labels":
             present = [self.findings_of(i) for i in range(self.n)]
             rows = [[float(name in names) for name in FINDINGS] for names in present]
@@ -201,7 +271,7 @@ class PhantomCXR(Dataset):
             return scores
         return scores.sum(1).float() if key == "score" else detectors_from_zone_scores(scores)
 
-    def item(self, index: int, omit: Collection[str] = ()) -> Dict[str, Any]:
+    def item(self, index: int, omit: Collection[str] = (), with_cue: bool = True) -> Dict[str, Any]:
         """Item ``index``, optionally with some of its ground truth left out of the image.
 
         Parameters
@@ -211,7 +281,13 @@ class PhantomCXR(Dataset):
             Finding names (NIH task) not to draw, or zone letters (BrixIA task)
             to draw with score 0. Everything else is drawn as in item ``index``,
             so the image changes only inside the omitted findings' masks (or
-            zones). The labels and masks describe what was drawn.
+            zones). The labels and masks describe what was drawn. The cue
+            (if any) does not depend on ``omit``: it goes with the item's
+            findings, drawn or not.
+        with_cue : bool, default True
+            False draws the item without its cue (if it has one): the image
+            then differs only inside the cue's mask, and ``cue`` is 0 and
+            ``cue_mask`` empty. The intervention of :mod:`captum_iba.cxr.cue`.
 
         Returns
         -------
@@ -245,6 +321,14 @@ class PhantomCXR(Dataset):
             item["zone_masks"] = torch.from_numpy(masks)
             item["severity_map"] = torch.from_numpy(np.tensordot(scores, masks, axes=1).astype(np.float32))
             item["detectors"] = detectors_from_zone_scores(zone_scores)
-        grey = _expose(anatomy.density + change, _rng(self.seed, index, _EXPOSURE))
+        density = anatomy.density + change
+        if self.cue is not None:
+            drawn = with_cue and self.cue_of(index)
+            mask = _cue_mask(self.size, _rng(self.seed, index, _CUE, 1)) if drawn else np.zeros_like(density, bool)
+            if drawn:
+                density = np.where(mask, density + CUE_DENSITY, density)
+            item["cue"] = torch.tensor(float(drawn))
+            item["cue_mask"] = torch.from_numpy(mask)
+        grey = _expose(density, _rng(self.seed, index, _EXPOSURE))
         item["image"] = to_model_input(grey)
         return item
