@@ -191,8 +191,6 @@ def _tiny_checkpoint(path):
     return str(path)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate tells NIH-style data from BrixIA by the name 'nih', not by the "
-                   "dataset's registered task (app/cli.py run_evaluate; app/commands.py on main)")
 def test_evaluate_hands_a_registered_nih_style_dataset_to_the_nih_study(dataset, nih_root, tmp_path, monkeypatch):
     given = {}
 
