@@ -27,6 +27,7 @@ from .. import viz
 from ..cxr import DETECTORS, FINDINGS, evaluate
 from ..methods import METHODS, MethodSuite
 from ..objectives import REGRESSION_LOSSES
+from .study_base import Figure, ReportInputs, images_of, study_suite
 from .evaluation import (
     EvaluationSettings,
     MethodMaps,
@@ -40,55 +41,11 @@ from .evaluation import (
     regression_scores,
 )
 
-__all__ = ["ReportInputs", "Figure", "run_studies", "nih_study", "detector_study", "regression_study",
+__all__ = ["run_studies", "nih_study", "detector_study", "regression_study",
            "method_label"]
 
 # Fewer pairs than this leave a claim "not measurable here".
 MIN_CLAIM_PAIRS = 8
-
-
-class Figure:
-    """A figure to draw: ``function(*args, path=..., **kwargs)`` of :mod:`captum_iba.viz`."""
-
-    def __init__(self, function: Callable, *args, **kwargs) -> None:
-        self.function, self.args, self.kwargs = function, args, kwargs
-
-    def draw(self, path: str) -> None:
-        self.function(*self.args, path=path, **self.kwargs)
-
-
-@dataclass
-class ReportInputs:
-    """What the report runs on.
-
-    Attributes
-    ----------
-    nih : Dataset, optional
-        Held-out NIH-style items (``labels``, ``masks``).
-    brixia : Dataset, optional
-        Held-out BrixIA-style items (``zone_masks``, ``severity_map`` where known).
-    nih_estimation, brixia_estimation : Dataset, optional
-        Items to estimate the IBA statistics from (training distribution).
-    models : dict
-        Any of ``"nih_bce"``, ``"nih_weighted_bce"``, ``"brixia_regression"``,
-        ``"brixia_detectors"`` -> model.
-    images : int
-        Held-out images per study.
-    auc_images : int
-        Held-out images for the AUC/AP of Table 3.
-    description : str
-        One line on the data and models, for the report's head.
-    """
-
-    models: Dict[str, nn.Module]
-    nih: Optional[Dataset] = None
-    brixia: Optional[Dataset] = None
-    nih_estimation: Optional[Dataset] = None
-    brixia_estimation: Optional[Dataset] = None
-    images: int = 16
-    auc_images: int = 200
-    description: str = ""
-    suite_options: dict = field(default_factory=dict)
 
 
 def run_studies(inputs: ReportInputs, settings: EvaluationSettings, progress: bool = True, log=print):
@@ -113,20 +70,6 @@ def run_studies(inputs: ReportInputs, settings: EvaluationSettings, progress: bo
     return results, figures
 
 
-def _images_of(dataset: Dataset, n: int):
-    return list(range(min(n, len(dataset))))
-
-
-def _stack_images(items) -> torch.Tensor:
-    return torch.stack([item["image"] for item in items])
-
-
-def _suite(model, task, estimation, inputs: ReportInputs, progress) -> MethodSuite:
-    loader = torch.utils.data.DataLoader(estimation, batch_size=64, collate_fn=_stack_images)
-    return MethodSuite(model, task=task, data=loader, n_samples=min(len(estimation), 256),
-                       progress=progress, **inputs.suite_options)
-
-
 def nih_study(inputs, results, figures, settings, progress, log) -> None:
     """Table 1, Fig. 1, Fig. 2 and Table 3 on the NIH-style items (see the module notes)."""
     model = inputs.models["nih_bce"]
@@ -135,7 +78,7 @@ def nih_study(inputs, results, figures, settings, progress, log) -> None:
     if missing:  # a model of the user's own may lack outputs for some findings: nothing to explain there
         pairs = pairs.subset([i for i, k in enumerate(pairs.targets.tolist()) if FINDINGS[k] not in missing])
     log(f"NIH-like study: {len(pairs)} (image, finding) pairs from {inputs.images} images with findings")
-    suite = _suite(model, "classification", inputs.nih_estimation, inputs, progress)
+    suite = study_suite(model, "classification", inputs.nih_estimation, inputs, progress)
     failed: Dict[str, str] = {}
     maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress)
@@ -177,10 +120,10 @@ def _weighted_bce_study(inputs, results, model, pairs, scores, settings, progres
     if "nih_weighted_bce" not in inputs.models:
         return
     weighted = inputs.models["nih_weighted_bce"]
-    weighted_suite = _suite(weighted, "classification", inputs.nih_estimation, inputs, progress)
+    weighted_suite = study_suite(weighted, "classification", inputs.nih_estimation, inputs, progress)
     weighted_maps = attribute_all(weighted_suite, ["inverse"], pairs.images, pairs.targets, settings, progress)
     weighted_scores = localisation_scores(weighted, pairs, weighted_maps, settings, progress, perturbation=False)
-    auc_items = _images_of(inputs.nih, inputs.auc_images)
+    auc_items = images_of(inputs.nih, inputs.auc_images)
     held_out = torch.utils.data.Subset(inputs.nih, auc_items)
     results["table3"] = {
         "bce": {"class_iou": scores["inverse"]["class_iou"], "iou": scores["inverse"]["iou"],
@@ -204,7 +147,7 @@ def detector_study(inputs, results, figures, settings, progress, log) -> None:
     model = inputs.models["brixia_detectors"]
     pairs = detector_pairs(inputs.brixia, items_with(inputs.brixia, "detectors", inputs.images), DETECTORS)
     log(f"BrixIA-like detector study: {len(pairs)} (image, detector) pairs")
-    suite = _suite(model, "classification", inputs.brixia_estimation, inputs, progress)
+    suite = study_suite(model, "classification", inputs.brixia_estimation, inputs, progress)
     failed: Dict[str, str] = {}
     maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress, perturbation=False)
@@ -213,11 +156,11 @@ def detector_study(inputs, results, figures, settings, progress, log) -> None:
 
 def regression_study(inputs, results, figures, settings, progress, log) -> None:
     model = inputs.models["brixia_regression"]
-    items = [inputs.brixia[i] for i in _images_of(inputs.brixia, inputs.images)]
+    items = [inputs.brixia[i] for i in images_of(inputs.brixia, inputs.images)]
     images = torch.stack([item["image"] for item in items])
     has_severity = "severity_map" in items[0]
     log(f"BrixIA-like regression study: {len(items)} images")
-    suite = _suite(model, "regression", inputs.brixia_estimation, inputs, progress)
+    suite = study_suite(model, "regression", inputs.brixia_estimation, inputs, progress)
     scores_true = torch.tensor([float(item["score"]) for item in items])
     maps: Dict[str, MethodMaps] = {}
     for loss in REGRESSION_LOSSES:
