@@ -44,13 +44,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._files import atomic_path
+from .._validate import check_number
 from ..bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features, to_bits
 from ..objectives import get_objective
 from ..split import capture_layer_outputs, check_layer_in_model, frozen_model, owning_module
 from ..stats import FeatureStats, estimate_stats
 from ._base import (
     BottleneckAttribution,
-    _check_number,
     _feature_stats,
     check_stats,
     format_additional_args,
@@ -61,7 +61,7 @@ from ._base import (
 _FORMAT = "captum_iba.ReadoutIBA/1"
 _STATS_KEYS = ("mean", "m2", "nonzero")
 # Options that define the map of a trained readout: saved with it and restored by load().
-_MAP_OPTIONS = ("sigma", "min_std", "init_alpha", "active_neurons_threshold", "beta", "batch_size", "relu")
+_MAP_OPTIONS = ("sigma", "min_std", "init_alpha", "active_neurons_threshold", "beta", "noise_draws", "relu")
 
 
 class ReadoutNetwork(nn.Module):
@@ -129,7 +129,7 @@ class ReadoutIBA(BottleneckAttribution):
             as IBA). A readout averages over the data, and where the model
             loss can fall little (the phantom's BCE: 2.4 nats on noise, 1.5
             clean) beta 10 trains it to all-noise maps; beta 1 worked there.
-        batch_size (int): noise draws per sample per training step (default
+        noise_draws (int): noise draws per sample per training step (default
             1: the data supplies the average, as in the reference).
         sigma, min_std, init_alpha, active_neurons_threshold, loss, relu:
             as :class:`IBA` (``loss``: ``"ce"``, ``"bce"`` or a callable).
@@ -161,7 +161,7 @@ class ReadoutIBA(BottleneckAttribution):
         readout_layers: Sequence[nn.Module],
         *,
         beta: Optional[float] = None,
-        batch_size: int = 1,
+        noise_draws: int = 1,
         sigma: Optional[float] = 1.0,
         min_std: float = 0.01,
         init_alpha: float = 5.0,
@@ -175,7 +175,7 @@ class ReadoutIBA(BottleneckAttribution):
         split: str = "auto",
     ) -> None:
         super().__init__(
-            forward_func, layer, beta=beta, batch_size=batch_size, sigma=sigma, min_std=min_std,
+            forward_func, layer, beta=beta, noise_draws=noise_draws, sigma=sigma, min_std=min_std,
             init_alpha=init_alpha, active_neurons_threshold=active_neurons_threshold, loss=loss,
             relu=relu, stats=stats, split=split,
         )
@@ -187,7 +187,7 @@ class ReadoutIBA(BottleneckAttribution):
         ):
             raise ValueError(f"hidden must be two integers >= 1, got {hidden!r}")
         self.hidden = None if hidden is None else tuple(hidden)
-        _check_number("alpha_bound", alpha_bound, minimum=abs(self.options.init_alpha), strict=True)
+        check_number(alpha_bound, "alpha_bound", minimum=abs(self.options.init_alpha), strict=True)
         self.alpha_bound = float(alpha_bound)
         self.network: Optional[ReadoutNetwork] = None
         self._optimizer: Optional[torch.optim.Optimizer] = None
@@ -295,7 +295,7 @@ class ReadoutIBA(BottleneckAttribution):
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-        _check_number("lr", lr, minimum=0.0, strict=True)
+        check_number(lr, "lr", minimum=0.0, strict=True)
         if iter(data) is data and epochs > 1:
             raise ValueError("data must be re-iterable (a DataLoader or a list) to train several epochs")
         if target is not None and not isinstance(target, int) and not (
@@ -353,7 +353,7 @@ class ReadoutIBA(BottleneckAttribution):
     @torch.enable_grad()
     def _step(self, features, readout, context, target, objective, generator) -> Tensor:
         """One Adam step of the readout; returns the mean loss, model loss and information loss."""
-        n, draws = features.shape[0], self.options.batch_size
+        n, draws = features.shape[0], self.options.noise_draws
         target = self._target(target, n, features.device)
         mean, std, active = _feature_stats(self.stats, self.options, features)
         noise = torch.randn((n, draws, *features.shape[1:]), generator=generator, dtype=features.dtype)
@@ -471,7 +471,7 @@ class ReadoutIBA(BottleneckAttribution):
 
         The network, the statistics, the options that define its maps
         (``beta``, ``sigma``, ``min_std``, ``init_alpha``,
-        ``active_neurons_threshold``, ``batch_size``, ``relu``) and the
+        ``active_neurons_threshold``, ``noise_draws``, ``relu``) and the
         training state replace this instance's.
 
         Raises:
