@@ -57,16 +57,22 @@ def run_studies(inputs: ReportInputs, settings: EvaluationSettings, progress: bo
         The results (JSON-ready: per-study numbers and ``study_seconds``) and
         the figures to draw (name -> :class:`Figure`).
     """
+    from .cue_study import CUE_MODELS_NEEDED, cue_study
+    from .sweep import sweep_study
+
     results: dict = {"study_seconds": {}}
     figures: Dict[str, Figure] = {}
-    for study, data, model_name in ((nih_study, inputs.nih, "nih_bce"),
-                                    (detector_study, inputs.brixia, "brixia_detectors"),
-                                    (regression_study, inputs.brixia, "brixia_regression")):
-        if data is not None and model_name in inputs.models:
+    # (study, the data it needs, the models it needs): a study runs when all are given.
+    for study, data, needed in ((nih_study, inputs.nih, ("nih_bce",)),
+                                (detector_study, inputs.brixia, ("brixia_detectors",)),
+                                (regression_study, inputs.brixia, ("brixia_regression",)),
+                                (sweep_study, inputs.nih if inputs.sweep_images else None, ("nih_bce",)),
+                                (cue_study, inputs.cue, CUE_MODELS_NEEDED)):
+        if data is not None and all(name in inputs.models for name in needed):
             started = time.perf_counter()
             study(inputs, results, figures, settings, progress, log)
-            results["study_seconds"][model_name] = time.perf_counter() - started
-            log(f"  done in {results['study_seconds'][model_name]:.0f} s")
+            results["study_seconds"][study.__name__] = seconds = time.perf_counter() - started
+            log(f"  done in {seconds:.0f} s")
     return results, figures
 
 
