@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from captum_iba.app import report as report_module
 from captum_iba.app import store as store_module
 from captum_iba.app.distributed import shard
 from captum_iba.app.store import MethodStore, StoreError, read_maps
-from captum_iba.cxr import load_embedded_model, small_densenet
+from captum_iba.cxr import small_densenet
 from captum_iba.cxr._cache import write_checkpoint
 from captum_iba.cxr.checkpoints import load_model
 from captum_iba.methods import MethodSuite

@@ -153,6 +153,12 @@ ATTRIBUTE_DESCRIPTION = ("One attribution method's maps for a whole dataset, in 
                          "torch.distributed (torchrun) and resumable.")
 
 
+#: The description of ``captum-iba verify --help``.
+VERIFY_DESCRIPTION = ("Check every done array of a store written by `captum-iba attribute` against the SHA-256 "
+                      "recorded when it was written, and list the missing, corrupt and orphaned ones. Exit status: "
+                      "0 intact, 1 problems found (rerun the attribute command to repair them), 2 not a store.")
+
+
 def _run_attribute(args) -> int:
     from .runner import run
 
@@ -265,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.set_defaults(run=_run_attribute)
 
     verify = commands.add_parser("verify", help="check every map of an attribute store (missing, corrupt, orphaned)",
-                                 description=run_verify.__doc__)
+                                 description=VERIFY_DESCRIPTION)
     add_verify_arguments(verify)
     verify.set_defaults(run=run_verify)
     return parser
