@@ -1,12 +1,20 @@
-"""Durable, all-or-nothing file writes shared by every module that writes files."""
+"""Durable, all-or-nothing file writes shared by every module that writes files,
+and a full disk reported as one line (:func:`disk_space`)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
+
+
+# The process's umask, for the permissions of files written through a temporary file (read once).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def fsync_dir(path) -> None:
@@ -30,6 +38,7 @@ def atomic_path(path) -> Iterator[Path]:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide reports and stores from other users
     try:
         yield temporary
         with open(temporary, "rb") as file:
@@ -39,3 +48,95 @@ def atomic_path(path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+# A full disk.
+
+#: Errors that mean "no room to write": a full device or an exhausted quota.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceError(OSError):
+    """A write failed for lack of space; the message is one line naming the path and the space.
+
+    An ``OSError`` with the original ``errno`` (``ENOSPC`` or ``EDQUOT``) and ``filename``.
+    """
+
+    def __init__(self, message: str, errno_: int, path) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno_, str(path)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def format_size(n: float) -> str:
+    """``n`` bytes in decimal units, e.g. ``"12.3 MB"``."""
+    unit = "bytes"
+    for larger in ("KB", "MB", "GB", "TB"):
+        if n < 1000:
+            break
+        n, unit = n / 1000, larger
+    return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+
+
+def free_space(path) -> Optional[int]:
+    """Free bytes on the device of ``path`` (or of its nearest existing parent), or None."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def no_space_message(path, error: OSError, need: Optional[int] = None) -> str:
+    """``"<path>: no space left on device (<need> needed, <free> free)"`` for a failed write."""
+    free = free_space(path)
+    amounts = ", ".join(text for text in (
+        f"{format_size(need)} needed" if need is not None else None,
+        f"{format_size(free)} free" if free is not None else None) if text)
+    cause = (error.strerror or "no space left on device").lower()  # or "disk quota exceeded"
+    return f"{path}: {cause}{f' ({amounts})' if amounts else ''}"
+
+
+@contextlib.contextmanager
+def disk_space(path, need: Optional[int] = None, advice: str = "",
+               error_type: Optional[Callable[[str], Exception]] = None) -> Iterator[None]:
+    """Turn a write into ``path`` that fails for lack of space into one line.
+
+    Parameters
+    ----------
+    path : path
+        What was being written, named in the message.
+    need : int, optional
+        The size of what was being written, where known.
+    advice : str
+        Appended to the message after ``"; "`` (what the user can do).
+    error_type : callable, optional
+        Makes the exception raised from the message; default
+        :class:`NoSpaceError`. Other errors pass unchanged.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in NO_SPACE or (isinstance(error, NoSpaceError) and error_type is None):
+            raise
+        # A NoSpaceError from within already names the file that could not be written.
+        message = str(error) if isinstance(error, NoSpaceError) else no_space_message(path, error, need)
+        message += f"; {advice}" if advice else ""
+        raise (error_type(message) if error_type else NoSpaceError(message, error.errno, path)) from error
+
+
+def error_line(error: BaseException) -> str:
+    """An error as one line for a command's standard error.
+
+    A full disk the raiser did not describe reads as :func:`no_space_message`
+    of the file named in the error; any message is joined onto one line.
+    """
+    if isinstance(error, OSError) and error.errno in NO_SPACE and not isinstance(error, NoSpaceError):
+        text = no_space_message(error.filename or "a file", error)
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

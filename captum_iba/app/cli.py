@@ -1,4 +1,8 @@
-"""The ``captum-iba`` command: demo, evaluate, train, attribute.
+"""The ``captum-iba`` command: demo, evaluate, train, attribute, verify.
+
+Whatever stops a command -- a refused argument, a full disk, Ctrl-C -- ends
+in one line on standard error (exit status 2, 1 and 130); warnings are one
+line each.
 
 Every choice it offers comes from a registry: methods from
 :data:`captum_iba.methods.METHODS`, datasets from
@@ -15,6 +19,7 @@ from typing import List, Optional
 
 import torch
 
+from .._files import NO_SPACE, error_line
 from ..cxr.checkpoints import TASKS
 from ..cxr.training import LOSSES
 from ..methods import DEFAULT_THRESHOLD, METHODS
@@ -22,6 +27,7 @@ from ..objectives import REGRESSION_LOSSES
 from .commands import run_demo, run_evaluate, run_train
 from .plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_STEPS
 from .sources import DATASETS, HELD_OUT_PHANTOM_SEED
+from .store_verify import add_verify_arguments, run_verify
 
 def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> None:
     parser.add_argument("--out", default="report", help="report folder (default: report/)")
@@ -67,6 +73,12 @@ ATTRIBUTE_DESCRIPTION = ("One attribution method's maps for a whole dataset, in 
                          "torch.distributed (torchrun) and resumable.")
 
 
+#: The description of ``captum-iba verify --help``.
+VERIFY_DESCRIPTION = ("Check every done array of a store written by `captum-iba attribute` against the SHA-256 "
+                      "recorded when it was written, and list the missing, corrupt and orphaned ones. Exit status: "
+                      "0 intact, 1 problems found (rerun the attribute command to repair them), 2 not a store.")
+
+
 def _run_attribute(args) -> int:
     from .runner import run
 
@@ -80,6 +92,9 @@ def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the store: created, or resumed when it holds this configuration")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace this method's maps in --out when they were computed with other options")
+    parser.add_argument("--verify", action="store_true",
+                        help="before resuming, compare every done array's SHA-256, not only its files' presence "
+                             "and sizes: damaged batches are computed again")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=list(DATASETS), default="phantom", help="default: phantom")
@@ -173,19 +188,49 @@ def build_parser() -> argparse.ArgumentParser:
                                     description=ATTRIBUTE_DESCRIPTION)
     add_attribute_arguments(attribute)
     attribute.set_defaults(run=_run_attribute)
+
+    verify = commands.add_parser("verify", help="check every map of an attribute store (missing, corrupt, orphaned)",
+                                 description=VERIFY_DESCRIPTION)
+    add_verify_arguments(verify)
+    verify.set_defaults(run=run_verify)
     return parser
+
+
+def _one_line_warning(command: str):
+    """A ``warnings.showwarning`` that prints ``captum-iba COMMAND: warning: MESSAGE`` on one line."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"captum-iba {command}: warning: {error_line(message)}", file=file or sys.stderr, flush=True)
+    return show
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Captum and TorchRay warn on every call about torch API changes that do not affect results.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(captum|torchray|torch)\b")
+    with warnings.catch_warnings():
+        # Captum and TorchRay warn on every call about torch API changes that do not affect results.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(captum|torchray|torch)\b")
+        warnings.showwarning = _one_line_warning(args.command)
+        return _run_command(args)
+
+
+def _run_command(args) -> int:
+    """``args.run(args)``; what stops it is one line on standard error and an exit status."""
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # every command: the stores and files it writes are left consistent
+        kept = "; the maps marked done are kept: rerun the same command to complete them" \
+            if args.command == "attribute" else ""
+        after_bar = "\n" if sys.stderr.isatty() else ""  # a progress bar or ^C may hold the line
+        print(f"{after_bar}captum-iba {args.command}: interrupted{kept}", file=sys.stderr, flush=True)
+        return 130
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as error:
-        print(f"captum-iba {args.command}: error: {error}", file=sys.stderr)
+        print(f"captum-iba {args.command}: error: {error_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        print(f"captum-iba {args.command}: error: {error_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

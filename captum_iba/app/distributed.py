@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Callable, Iterator, List, Optional, Tuple
+from collections.abc import Sequence
+from typing import Callable, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,14 +22,46 @@ import torch.distributed as dist
 
 from .plan import UsageError
 
-__all__ = ["Processes", "SetupFailed", "determinism", "shard", "batch_seed"]
+__all__ = ["Processes", "SetupFailed", "Shard", "determinism", "shard", "batch_seed", "check_device"]
 
 
 class SetupFailed(Exception):
     """Process 0 failed to set the run up (it reports why); raised in the other processes."""
 
 
-def shard(n_items: int, batch_size: int, rank: int, world: int) -> List[Tuple[int, range]]:
+class Shard(Sequence):
+    """The batches of one process, made on access: a run of a billion items holds no list of them.
+
+    Entry ``i`` is ``(b, items)``: the batch index and the range of its item indices.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, rank: int, world: int) -> None:
+        self.n_items, self.batch_size = n_items, batch_size
+        self.batches = range(rank, math.ceil(n_items / batch_size), world)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Tuple[int, range]:
+        if not isinstance(i, int):
+            raise TypeError(f"a Shard is indexed by int, got {type(i).__name__}")
+        b = self.batches[i]
+        return b, self.items_of(b)
+
+    def items_of(self, b: int) -> range:
+        """The item indices of batch ``b``."""
+        return range(b * self.batch_size, min(self.n_items, (b + 1) * self.batch_size))
+
+    def count_items(self, batches: Optional[Iterable[int]] = None) -> int:
+        """How many items the shard's batches hold; with ``batches``, only those of them in the shard."""
+        if batches is not None:
+            return sum(len(self.items_of(b)) for b in batches if b in self.batches)
+        if not self.batches:
+            return 0
+        return len(self.batches) * self.batch_size - (self.batch_size - len(self.items_of(self.batches[-1])))
+
+
+def shard(n_items: int, batch_size: int, rank: int, world: int) -> Shard:
     """The batches of process ``rank`` out of ``world``.
 
     Batch ``b`` holds items ``b*batch_size`` up to ``(b+1)*batch_size``
@@ -36,16 +69,43 @@ def shard(n_items: int, batch_size: int, rank: int, world: int) -> List[Tuple[in
 
     Returns
     -------
-    list of (int, range)
-        (batch index, item indices) in increasing order.
+    Shard
+        A sequence of (batch index, item indices), in increasing order, made
+        on access.
     """
-    n_batches = math.ceil(n_items / batch_size)
-    return [(b, range(b * batch_size, min(n_items, (b + 1) * batch_size))) for b in range(rank, n_batches, world)]
+    return Shard(n_items, batch_size, rank, world)
 
 
 def batch_seed(seed: int, batch: int) -> int:
     """The noise seed of batch ``batch`` of a run seeded with ``seed``: a 63-bit integer."""
     return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def check_device(device: str, local_rank: int = 0) -> torch.device:
+    """``--device`` as a torch device this machine has (``cuda`` becomes ``cuda:local_rank``).
+
+    Raises
+    ------
+    UsageError
+        Naming ``--device``: not a device name, or a GPU this machine does not have.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda, cuda:K or mps") from None
+    if resolved.type == "cuda":
+        resolved = torch.device("cuda", local_rank) if resolved.index is None else resolved
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if resolved.index >= count:
+            have = f"only {count} CUDA GPU(s) (cuda:0-{count - 1})" if count else "no CUDA GPU"
+            raise UsageError(f"--device {device}: this machine has {have}; use --device cpu or auto")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
+    elif resolved.type not in ("cpu", "mps"):
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda, cuda:K or mps")
+    return resolved
 
 
 class Processes:
@@ -60,14 +120,7 @@ class Processes:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as error:
-            raise UsageError(f"--device: {error}") from error
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", local_rank)
+        self.device = check_device(device, local_rank)
         if self.world > 1:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)

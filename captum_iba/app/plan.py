@@ -8,6 +8,7 @@ naming the argument at fault.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
@@ -177,11 +178,26 @@ def _tasks(args: argparse.Namespace, regression: bool) -> Tuple[str, str, Option
     return data_task, "brixia_detectors", "detectors"
 
 
+def at_most(name: str, value: Optional[int], maximum: int, why: str) -> None:
+    """Raise naming ``--name`` if ``value`` is above ``maximum`` (``why``: what the bound guards)."""
+    if value is not None and value > maximum:
+        raise UsageError(f"--{name}: expected at most {maximum} ({why}), got {value}")
+
+
+#: Bounds that catch a mistyped number before it fills the memory: an image side, items per batch.
+MAX_SIZE, MAX_BATCH_SIZE = 4096, 4096
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     for name in ("images", "size", "steps", "noise_draws", "batch_size", "threads"):
         at_least(name.replace("_", "-"), getattr(args, name))
     at_least("stats-samples", args.stats_samples, 2)
     at_least("workers", args.workers, 0)
+    at_most("size", args.size, MAX_SIZE, "pixels per side")
+    at_most("batch-size", args.batch_size, MAX_BATCH_SIZE, "items held in memory together")
+    cores = os.cpu_count() or 1
+    at_most("threads", args.threads, 4 * cores, f"4 per CPU core of this machine's {cores}")
+    at_most("workers", args.workers, 4 * cores, f"4 per CPU core of this machine's {cores}")
     at_least("seed", args.seed, 0)
     at_least("phantom-seed", args.phantom_seed, 0)
     if args.beta is not None and not args.beta >= 0:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .._files import atomic_path
+from .._files import atomic_path, disk_space
 from ..cxr import DETECTORS, FINDINGS
 from ..methods import METHODS
 from .claims import claims, fmt
@@ -243,5 +243,7 @@ def _json_default(value):
 
 
 def _atomic_write(path: str, text: str) -> None:
-    with atomic_path(path) as temporary:
+    """Write ``text`` to ``path`` whole or not at all; a full disk is one line (NoSpaceError) naming both."""
+    with disk_space(path, len(text.encode()), advice="the files written before it are complete"), \
+            atomic_path(path) as temporary:
         temporary.write_text(text)

@@ -2,9 +2,11 @@
 
 The dataset's items, in their fixed order, are cut into batches
 (:mod:`captum_iba.app.distributed`). Process 0 sets the run up -- it checks the
-output folder, loads the model, opens the store (refusing a changed
-configuration) and loads or estimates the feature statistics -- and shares the
-model, the items and the statistics with the others. Every process then
+output folder, loads the model, takes the method's writer lock (held until
+the run ends; the other processes check that their run holds it), opens the
+store (refusing a changed configuration) and loads or estimates the feature
+statistics -- and shares the model, the items and the statistics with the
+others. Every process then
 computes its batches that are not done yet and writes them to the store
 (:mod:`captum_iba.app.store`): a rerun of the same command completes what is
 missing.
@@ -16,14 +18,16 @@ or ``torchrun --nproc_per_node=K -m captum_iba attribute ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.metadata
+import os
 import secrets
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,15 +36,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .. import __version__
+from .._files import error_line
 from .._hashing import tensor_digest
 from ..cxr import PhantomCXR, collate
 from ..methods import METHODS, MethodSuite
 from ..stats import FeatureStats, estimate_stats
-from .distributed import Processes, SetupFailed, batch_seed, determinism, shard
+from .distributed import Processes, SetupFailed, Shard, batch_seed, determinism, shard
 from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan
 from .sources import (DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, image_size, open_dataset,
                       open_model)
-from .store import BatchWriter, MethodStore, StoreError, check_out_dir, open_method_store
+from .store import BatchWriter, MethodStore, StoreError, check_out_dir, check_writer, open_method_store, writer_lock
 
 __all__ = ["run", "set_up", "attribute_shard"]
 
@@ -108,7 +113,7 @@ def _estimate_stats(model: nn.Module, args: argparse.Namespace, plan: Plan, size
     modules = dict(model.named_modules())
     stats = estimate_stats(model, [modules[layer] for layer in plan.stats_layers],
                            (batch["image"].to(device) for batch in loader),
-                           min(args.stats_samples, len(data)), progress=True)
+                           min(args.stats_samples, len(data)), progress=sys.stderr.isatty())
     return dict(zip(plan.stats_layers, stats))
 
 
@@ -134,19 +139,14 @@ class Setup:
     run_id: str
 
 
-def set_up(args: argparse.Namespace, plan: Plan, device: torch.device) -> Setup:
-    """Process 0's part: folder check, model, configuration, store, statistics."""
-    out = check_out_dir(args.out)  # before the model, which may take minutes to train
-    model = open_model(plan.model_task, args.checkpoint, **plan.model, **plan.embedded_overrides)
-    size = image_size(model, args.size)
-    plan = plan.with_layers(choose_layers(model, size, plan.layer, plan.multilayer))
-    items = _items(args, plan, size)
-    given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None
+def _config(args: argparse.Namespace, plan: Plan, model: nn.Module, items: Dataset, size: int,
+            given: Dict[str, FeatureStats] = None) -> dict:
+    """Everything that determines the maps: the store refuses to mix maps of two configurations."""
     stats_identity = None
     if plan.stats_layers:
         stats_identity = ({"sha256": _stats_digest(given)} if given else
                           {"estimated_from": _estimation_source(args, plan), "samples": args.stats_samples})
-    config = {
+    return {
         "method": plan.method,
         "options": plan.options,
         "model": {"task": plan.model_task, "weights_sha256": tensor_digest(model.state_dict())},
@@ -158,14 +158,36 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device) -> Setup:
         "stats": stats_identity,
         "versions": _versions(plan.method),
     }
-    store = open_method_store(out, plan.method_key, config, overwrite=args.overwrite)
+
+
+def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: contextlib.ExitStack) -> Setup:
+    """Process 0's part: folder check, model, configuration, writer lock, store, statistics.
+
+    Everything that can refuse the request (the folder, the model, the layer,
+    ``--stats``) is checked before the first write: the writer lock, taken
+    next and held in ``stack`` for the run, creates the store folder.
+    """
+    out = check_out_dir(args.out)  # before the model, which may take minutes to train
+    model = open_model(plan.model_task, args.checkpoint, **plan.model, **plan.embedded_overrides)
+    size = image_size(model, args.size)
+    plan = plan.with_layers(choose_layers(model, size, plan.layer, plan.multilayer))
+    items = _items(args, plan, size)
+    given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None
+    config = _config(args, plan, model, items, size, given)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+    lock = stack.enter_context(writer_lock(out, plan.method_key, run_id))
+    store = open_method_store(out, plan.method_key, config, overwrite=args.overwrite, lock=lock)
+    done, damaged = store.resume(verify=args.verify)
+    if damaged:
+        name, problem = sorted(damaged.items())[0]
+        print(f"captum-iba attribute: {len(damaged)} done batch(es) missing or damaged, computing them again "
+              f"({name}: {problem})", file=sys.stderr, flush=True)
     # A resumed run uses the statistics its first run stored, never a new estimate.
     stats = store.load_stats(plan.stats_layers)
     if stats is None:
         stats = given or _estimate_stats(model.to(device), args, plan, size, device)
         store.save_stats(stats)
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
-    return Setup(plan, model.cpu(), items, stats, store.config_hash, store.done_batches(), run_id)
+    return Setup(plan, model.cpu(), items, stats, store.config_hash, done, run_id)
 
 
 def _attach(out: str, plan: Plan, config_hash: str, rank: int) -> MethodStore:
@@ -235,22 +257,41 @@ class Tally:
     seconds: float = 0.0
 
 
+class _Pending:
+    """The batches of a shard not done yet; iterated, the DataLoader's batch sampler (item index lists)."""
+
+    def __init__(self, batches: Shard, done: set) -> None:
+        self.batches, self.done = batches, done
+
+    def entries(self) -> Iterator[Tuple[int, range]]:
+        """``(batch index, item indices)`` of each batch to compute, in order (made on access)."""
+        return ((b, items) for b, items in self.batches if b not in self.done)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return (list(items) for _, items in self.entries())
+
+    def __len__(self) -> int:
+        return len(self.batches) - sum(1 for b in self.done if b in self.batches.batches)
+
+    def count_items(self) -> int:
+        return self.batches.count_items() - self.batches.count_items(self.done)
+
+
 def attribute_shard(args: argparse.Namespace, plan: Plan, setup: Setup, processes: Processes,
                     writer: BatchWriter) -> Tally:
     """Compute and store this process's batches that are not done yet."""
     device = processes.device
     model = setup.model.to(device)
     suite = _suite(model, plan, setup.stats)
-    pending = [(b, items) for b, items in shard(len(setup.items), args.batch_size, processes.rank, processes.world)
-               if b not in setup.done]
-    loader = DataLoader(setup.items, batch_sampler=[list(items) for _, items in pending],
-                        collate_fn=collate, num_workers=args.workers)
+    pending = _Pending(shard(len(setup.items), args.batch_size, processes.rank, processes.world), setup.done)
+    loader = DataLoader(setup.items, batch_sampler=pending, collate_fn=collate, num_workers=args.workers)
     tally = Tally()
     description = plan.method_key + (f" (process 0 of {processes.world})" if processes.world > 1 else "")
     start = time.perf_counter()
-    with tqdm(total=sum(len(items) for _, items in pending), desc=description, unit="img",
-              disable=processes.rank != 0) as bar:
-        for (b, _), batch in zip(pending, loader):
+    # The bar is shown on a terminal only (disable=None), by process 0.
+    with tqdm(total=pending.count_items(), desc=description, unit="img",
+              disable=None if processes.rank == 0 else True) as bar:
+        for (b, _), batch in zip(pending.entries(), loader):
             rows = [(position, target) for position, targets in enumerate(_targets(batch, plan, model, device))
                     for target in targets]
             keys = [(batch["image_id"][position], target) for position, target in rows]
@@ -269,7 +310,7 @@ def _summarise(args: argparse.Namespace, plan: Plan, setup: Setup, tallies: List
     """Print the run's summary and log it in the store (process 0)."""
     items, maps = sum(t.items for t in tallies), sum(t.maps for t in tallies)
     seconds = max(t.seconds for t in tallies)
-    skipped = sum(len(r) for b, r in shard(len(setup.items), args.batch_size, 0, 1) if b in setup.done)
+    skipped = shard(len(setup.items), args.batch_size, 0, 1).count_items(setup.done)
     rate = maps / seconds if seconds > 0 else 0.0
     store.log_run({"run_id": setup.run_id, "processes": processes.world, "device": processes.device.type,
                    "items": items, "skipped": skipped, "maps": maps, "seconds": round(seconds, 3),
@@ -280,16 +321,15 @@ def _summarise(args: argparse.Namespace, plan: Plan, setup: Setup, tallies: List
           f"store: {store.folder.parent} (captum_iba.io.read_maps)", flush=True)
 
 
-def _plan_and_set_up(args: argparse.Namespace, device: torch.device) -> Tuple[Plan, Setup]:
-    setup = set_up(args, make_plan(args), device)
-    return setup.plan, setup
-
-
-def _run(args: argparse.Namespace, processes: Processes) -> None:
-    with determinism(processes.device, args.threads):
-        plan, setup = processes.share(lambda: _plan_and_set_up(args, processes.device))
+def _run(args: argparse.Namespace, plan: Plan, processes: Processes) -> None:
+    # Process 0 holds the writer lock in `stack` until the run ends, by return, error or Ctrl-C.
+    with contextlib.ExitStack() as stack, determinism(processes.device, args.threads):
+        setup = processes.share(lambda: set_up(args, plan, processes.device, stack))
+        plan = setup.plan  # with the layers process 0 chose for the model
         store = _attach(args.out, plan, setup.config_hash, processes.rank)
-        writer = BatchWriter(store, setup.run_id, processes.rank)
+        if processes.rank != 0:
+            check_writer(args.out, plan.method_key, setup.run_id)
+        writer = BatchWriter(store, setup.run_id, processes.rank, locked=True)
         tallies = processes.gather(attribute_shard(args, plan, setup, processes, writer))
         if processes.rank == 0:
             _summarise(args, plan, setup, tallies, store, processes)
@@ -299,20 +339,26 @@ def run(args: argparse.Namespace) -> int:
     """Run ``captum-iba attribute`` with parsed arguments; returns the exit status.
 
     A refused request (an argument that does not fit, an output folder that
-    cannot be used, a changed configuration, a missing or unreadable file)
-    prints one line naming the cause on standard error and returns 2; under
-    torchrun, process 0 reports what went wrong while it set the run up.
+    cannot be used, a changed configuration, another run writing the store, a
+    missing or unreadable file, a full disk) prints one line naming the cause
+    on standard error and returns 2; the arguments are all checked before
+    anything is written. Under torchrun, process 0 reports what went wrong
+    while it set the run up. Ctrl-C propagates (``KeyboardInterrupt``) after
+    the writer lock is released.
     """
-    processes = None
+    processes = plan = None
     try:
+        plan = make_plan(args)  # every process: it reads nothing and writes nothing
         processes = Processes(args.device)
-        _run(args, processes)
+        _run(args, plan, processes)
         return 0
     except SetupFailed:
         return 2
     except (ValueError, OSError, StoreError) as error:
+        if plan is None and os.environ.get("RANK", "0") != "0":
+            return 2  # the same arguments: process 0 says what is wrong with them
         where = f" (process {processes.rank})" if processes is not None and processes.world > 1 else ""
-        print(f"captum-iba attribute: error{where}: {error}", file=sys.stderr)
+        print(f"captum-iba attribute: error{where}: {error_line(error)}", file=sys.stderr)
         return 2
     finally:
         if processes is not None:

@@ -17,19 +17,15 @@ the presence of the metadata and of every chunk can be checked.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import zarr
 from .._files import atomic_path, fsync_dir
-
-# Errors that mean "no room to write": a full device or an exhausted quota.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+from .._files import disk_space as _disk_space
 
 
 #: Format tag of the marker file; another tag (or none) means the folder is not ours.
@@ -94,49 +90,15 @@ def read_marker(out: Path) -> None:
 # A full disk.
 
 
-def _size(n: float) -> str:
-    """``n`` bytes in decimal units, e.g. ``"12.3 MB"``."""
-    unit = "bytes"
-    for larger in ("KB", "MB", "GB", "TB"):
-        if n < 1000:
-            break
-        n, unit = n / 1000, larger
-    return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-
-
-def _free(path: Path) -> Optional[int]:
-    """Free bytes on the device of ``path`` (or of its nearest existing parent)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def disk_space(path, need: Optional[int] = None) -> Iterator[None]:
+def disk_space(path, need: Optional[int] = None):
     """Turn a write into ``path`` that fails for lack of space into one :class:`StoreError` line.
 
     ``need`` is the size of what was being written, where known. Other errors
     pass unchanged. Callers leave nothing half-written counted as done: the
-    error is raised before any index line marks it.
+    error is raised before any index line marks it. (See :func:`captum_iba._files.disk_space`.)
     """
-    try:
-        yield
-    except OSError as error:
-        if error.errno not in _NO_SPACE:
-            raise
-        path = Path(path)
-        free = _free(path)
-        amounts = ", ".join(text for text in (
-            f"{_size(need)} needed" if need is not None else None,
-            f"{_size(free)} free" if free is not None else None) if text)
-        cause = (error.strerror or "no space left on device").lower()  # or "disk quota exceeded"
-        raise StoreError(
-            f"{path}: {cause}{f' ({amounts})' if amounts else ''}; "
-            "the maps marked done so far are intact: free some space and rerun the same command"
-        ) from error
+    return _disk_space(path, need, error_type=StoreError,
+                       advice="the maps marked done so far are intact: free some space and rerun the same command")
 
 
 # Durable writes.

@@ -3,11 +3,13 @@
 A checkpoint is one ``torch.save`` file holding the state dict, metadata and
 a SHA-256 digest of both. A file that cannot be read, or whose digest does
 not match, is reported as corrupt (a warning) and treated as absent, so that
-the caller rebuilds it instead of trusting it.
+the caller rebuilds it instead of trusting it. A cache file that cannot be
+written (a full disk) is skipped with a warning: the model in memory is kept.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -17,9 +19,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from .._hashing import tensor_digest
-from .._files import atomic_path
+from .._files import NoSpaceError, atomic_path, disk_space
 
-__all__ = ["cache_dir", "save_checkpoint", "load_checkpoint"]
+__all__ = ["cache_dir", "write_checkpoint", "save_checkpoint", "load_checkpoint"]
 
 _FORMAT = 1
 
@@ -41,7 +43,7 @@ def _digest(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> 
     return tensor_digest(state_dict, prefix=json.dumps(meta, sort_keys=True))
 
 
-def save_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+def write_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Write a checkpoint atomically: to a temporary file in the same folder, then renamed.
 
     Parameters
@@ -51,13 +53,47 @@ def save_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Ma
     state_dict : mapping of str to Tensor
     meta : mapping
         JSON-serialisable metadata.
+
+    Raises
+    ------
+    NoSpaceError
+        One line naming ``path``, the space needed and the space free, if the
+        disk is full; ``path`` is then left as it was.
+    OSError
+        If the file cannot be written for another reason.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {key: value.detach().cpu() for key, value in state_dict.items()}
     payload = {"format": _FORMAT, "state_dict": state_dict, "meta": dict(meta), "sha256": _digest(state_dict, meta)}
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: a full disk then fails as an OSError with its errno
+    data = buffer.getvalue()
+    with disk_space(path, len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
+
+
+def save_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> bool:
+    """Keep a model in the cache (:func:`write_checkpoint`), or go on without it.
+
+    The cache only saves retraining: when the file cannot be written (a full
+    disk, a read-only folder), a one-line ``RuntimeWarning`` says so and the
+    caller keeps using the model it holds; nothing is left half-written.
+
+    Returns
+    -------
+    bool
+        Whether the checkpoint was written.
+    """
+    try:
+        write_checkpoint(path, state_dict, meta)
+    except OSError as error:
+        reason = str(error) if isinstance(error, NoSpaceError) else f"{path}: {error.strerror or error}"
+        warnings.warn(f"could not cache the model ({reason}); going on without the cache: "
+                      "it will be trained again next time", RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def load_checkpoint(path: Path) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
