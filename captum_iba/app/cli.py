@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=None, help="train the embedded models at this size (quick runs)")
     demo.add_argument("--train-images", type=int, default=None, help="phantom images to train on (quick runs)")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (quick runs)")
+    demo.add_argument("--full", action="store_true",
+                      help="the layer sweep on every study image (default: a reduced sweep on 8 images)")
+    demo.add_argument("--no-cue", dest="cue", action="store_false",
+                      help="leave out the cue study (and the training of its three models on a first run)")
     demo.set_defaults(run=run_demo)
 
     evaluate = commands.add_parser("evaluate", help="the evaluation on a real dataset and checkpoint",

@@ -15,6 +15,11 @@ from .sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, cho
 
 __all__ = ["run_demo", "run_evaluate", "run_train"]
 
+#: Images of the demo's layer sweep unless ``--full``: the sweep attributes 3 methods at every stage.
+REDUCED_SWEEP_IMAGES = 8
+#: Held-out phantom items searched for images that carry the cue (not rendered until chosen).
+CUE_POOL = 1000
+
 
 def _settings(args) -> EvaluationSettings:
     return EvaluationSettings(batch_size=args.batch_size, insertion_steps=args.insertion_steps,
@@ -38,17 +43,19 @@ def _print_summary(results: dict, out: str) -> None:
 def run_demo(args) -> int:
     """The paper's evaluation on the embedded phantom and its models."""
     from ..cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
+    from ..cxr.embedded import CUE_FINDING, CUE_MODELS
     from .report import ReportInputs, run_report
 
     overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
                                    ("test_images", args.train_images), ("epochs", args.epochs)) if v}
     models = {}
-    for name in EMBEDDED_MODELS:
+    for name in (*EMBEDDED_MODELS, *(CUE_MODELS if args.cue else ())):
         models[name] = load_embedded_model(name, progress=not args.quiet, **overrides)
         print(f"model {name}: {_quality(models[name].metrics)}")
     size = models["nih_bce"].input_size
     layers = choose_layers(models["nih_bce"], size)
     auc_images = max(args.images, args.auc_images)
+    sweep_images = args.images if args.full else min(args.images, REDUCED_SWEEP_IMAGES)
     inputs = ReportInputs(
         models=models,
         nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih"),
@@ -57,11 +64,18 @@ def run_demo(args) -> int:
         brixia_estimation=PhantomCXR(256, size=size, seed=TRAINING_PHANTOM_SEED, task="brixia"),
         images=args.images,
         auc_images=auc_images,
-        description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the four embedded "
+        description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the embedded "
                      f"models trained on it (captum_iba.cxr). Evaluated on held-out phantom images "
-                     f"(seed {HELD_OUT_PHANTOM_SEED}): {args.images} per study, {auc_images} for AUC/AP. "
-                     f"Command: `captum-iba demo --images {args.images} --seed {args.seed}`."),
+                     f"(seed {HELD_OUT_PHANTOM_SEED}): {args.images} per study, {auc_images} for AUC/AP, "
+                     f"{sweep_images} for the layer sweep ({'complete' if args.full else 'reduced: '
+                     '`captum-iba demo --full` runs it on every study image'}). "
+                     f"Command: `captum-iba demo --images {args.images} --seed {args.seed}"
+                     f"{' --full' if args.full else ''}`."),
         suite_options={**_suite_options(args), **layers.suite_options()},
+        sweep_images=sweep_images,
+        cue=PhantomCXR(CUE_POOL, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih", cue=CUE_FINDING)
+        if args.cue else None,
+        cue_images=args.images,
     )
     results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
     _print_summary(results, args.out)

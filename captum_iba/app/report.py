@@ -24,7 +24,8 @@ import torch
 from .._files import atomic_path, disk_space
 from ..cxr import DETECTORS, FINDINGS
 from ..methods import METHODS
-from .claims import claims, fmt
+from . import paper
+from .claims import MARGIN, claims, fmt
 from .evaluation import IOU_THRESHOLD, EvaluationSettings
 from .studies import ReportInputs, run_studies, method_label
 
@@ -90,11 +91,12 @@ def _table1(results: dict):
     if "nih" not in results:
         return [], []
     nih = results["nih"]
-    rows = {METHODS[k].label: v for k, v in nih["scores"].items()}
-    columns = ["iou", "pointing", "insertion_auc", "deletion_auc"]
+    rows = {METHODS[k].label: {**v, "paper_iou": paper.TABLE1_IOU.get(k)} for k, v in nih["scores"].items()}
+    columns = ["iou", "paper_iou", "pointing", "insertion_auc", "deletion_auc"]
     lines = [f"## Table 1: localisation on NIH-like findings ({nih['pairs']} pairs, {nih['images']} images)", "",
-             markdown_table(rows, columns), "",
-             "IoU: thresholded map vs the finding's mask; pointing: TorchRay's pointing game; "
+             _where(results), "", markdown_table(rows, columns), "",
+             "IoU: thresholded map vs the finding's mask; paper_iou: the paper's Table 1 (NIH ChestX-ray8, "
+             "DenseNet-121 at 224 px; n/a where the paper has no such row); pointing: TorchRay's pointing game; "
              "insertion (higher is better) and deletion (lower is better) AUC of the sigmoid output.", "",
              *([f"Left out: the model has no output for {', '.join(nih['missing_findings'])}.", ""]
                if nih.get("missing_findings") else []),
@@ -107,12 +109,25 @@ def _table1(results: dict):
     return lines, [("table1_nih.csv", rows, columns)]
 
 
+def _where(results: dict) -> str:
+    """One line: where the IBA family's bottleneck is, and its grid."""
+    layers = results.get("layers")
+    if not layers:
+        return ""
+    h, w = layers.get("grid", ("?", "?"))
+    return (f"Bottleneck of IBA, Inverse IBA and Regression IBA: `{layers['bottleneck']}`, a {h}x{w} grid "
+            f"(the stage whose map is closest to the paper's 14x14 at this image size); Multi-layer IBA: "
+            f"{', '.join(f'`{n}`' for n in layers['multilayer'])}; Grad-CAM: `{layers['cam']}`.")
+
+
 def _table2(results: dict):
     if "detectors" not in results:
         skipped = results.get("detectors_skipped")
         return (["## Table 2", "", f"Not computed: {skipped}.", ""] if skipped else []), []
-    columns = [*DETECTORS, "mean"]
-    rows = {METHODS[k].label: v["class_iou"] | {"mean": v["iou"]} for k, v in results["detectors"]["scores"].items()}
+    columns = [*DETECTORS, "mean", *(f"paper {d}" for d in DETECTORS)]
+    rows = {METHODS[k].label: v["class_iou"] | {"mean": v["iou"]}
+            | {f"paper {d}": paper.TABLE2_IOU.get(k, {}).get(d) for d in DETECTORS}
+            for k, v in results["detectors"]["scores"].items()}
     lines = [f"## Table 2: IoU per BrixIA-like detector ({results['detectors']['pairs']} pairs)", "",
              markdown_table(rows, columns), "",
              "Ground truth: the zones whose score the detector looks for (3; 2; 0 or 1).", ""]
@@ -124,8 +139,13 @@ def _table3(results: dict):
         return [], []
     t3, columns = results["table3"], [*FINDINGS, "mean"]
     rows = {"BCE": t3["bce"]["class_iou"] | {"mean": t3["bce"]["iou"]},
-            "weighted BCE": t3["weighted_bce"]["class_iou"] | {"mean": t3["weighted_bce"]["iou"]}}
-    quality = {"BCE": t3["bce"], "weighted BCE": t3["weighted_bce"]}
+            "weighted BCE": t3["weighted_bce"]["class_iou"] | {"mean": t3["weighted_bce"]["iou"]},
+            "BCE (paper)": dict(paper.TABLE3_IOU["bce"]) | {"mean": paper.TABLE3_MEAN["bce"]},
+            "weighted BCE (paper)": dict(paper.TABLE3_IOU["weighted_bce"]) | {"mean": paper.TABLE3_MEAN["weighted_bce"]}}
+    quality = {"BCE": t3["bce"], "weighted BCE": t3["weighted_bce"],
+               **{f"{name} (paper)": {"mean_auc": q["auc"], "mean_ap": q["ap"]}
+                  for name, q in (("BCE", paper.MODEL_QUALITY["bce"]),
+                                  ("weighted BCE", paper.MODEL_QUALITY["weighted_bce"]))}}
     lines = ["## Table 3: Inverse IBA IoU per finding, BCE vs weighted BCE", "", markdown_table(rows, columns), "",
              f"Classifier quality on {t3['auc_images']} held-out images:", "",
              markdown_table(quality, ["mean_auc", "mean_ap"]), ""]
@@ -136,20 +156,32 @@ def _regression(results: dict):
     if "regression" not in results:
         return [], []
     scores = results["regression"]["scores"]
-    rows = {method_label(k): v for k, v in scores.items()}
+    rows = {method_label(k): {**v, "paper_pcc": paper.SEVERITY_PCC.get(k.replace("regression_", ""))}
+            for k, v in scores.items()}
     lines, tables = [], []
     if "pcc" in next(iter(scores.values())):
         lines += [f"## Severity-map correlation ({results['regression']['images']} images)", "",
-                  markdown_table(rows, ["pcc"]), "",
+                  markdown_table(rows, ["pcc", "paper_pcc"]), "",
                   "Pearson correlation of each map with the per-pixel severity map "
-                  "(each pixel its zone's score; the paper's PCC).", ""]
-        tables.append(("severity_pcc.csv", rows, ["pcc"]))
+                  "(each pixel its zone's score; the paper's PCC, paper_pcc its published value on BrixIA).", ""]
+        tables.append(("severity_pcc.csv", rows, ["pcc", "paper_pcc"]))
     else:
         lines += ["## Severity-map correlation", "", f"Not computed: {results['regression_pcc_skipped']}.", ""]
     sensitivity = {k: v["sensitivity_n"] for k, v in rows.items() if "sensitivity_n" in v}
-    ns = sorted(next(iter(sensitivity.values())))
+    cells = {k: v["sensitivity_cells"] for k, v in rows.items() if "sensitivity_cells" in v}
     lines += ["## Sensitivity-N of the regression losses (Fig. 3b)", "",
-              markdown_table(sensitivity, ns), "", "![](fig3b_sensitivity_n.png)", ""]
+              "The paper's setting: n scattered pixels set to zero, Pearson correlation of the map's mass under "
+              "the mask with the signed drop of the score.", "",
+              markdown_table(sensitivity, list(next(iter(sensitivity.values())))), "",
+              "![](fig3b_sensitivity_n.png)", ""]
+    if cells:
+        lines += ["Regression IBA's map is unsigned (bits), while the drop of a score is signed: masking a "
+                  "severe zone lowers the score, masking a healthy one raises it, so in the paper's setting "
+                  "any unsigned map sits at chance whatever it shows. Measured instead over whole cells of the "
+                  "bottleneck's grid, with the squared change of the score (what the deviation loss "
+                  "optimises), by fraction of the cells set to zero:", "",
+                  markdown_table(cells, list(next(iter(cells.values())))), "",
+                  "![](fig3b_sensitivity_cells.png)", ""]
     return lines, tables
 
 
@@ -165,9 +197,54 @@ def _failures(results: dict):
 def _claims(results: dict):
     if not results["claims"]:
         return [], []
-    lines = ["## The paper's claims, measured here", "", "| claim | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['measured']} | **{c['verdict']}** |" for c in results["claims"]]
+    lines = ["## The paper's claims, measured here", "",
+             f"Paper: {paper.CITATION}. A comparison holds only beyond a margin of {MARGIN}.", "",
+             "| claim | where | the paper | measured here | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['source']} | {c['published']} | {c['measured']} | **{c['verdict']}** |"
+              for c in results["claims"]]
     return lines + [""], []
+
+
+def _sweep(results: dict):
+    sweep = results.get("sweep")
+    if not sweep:
+        return [], []
+    metrics = ["iou", "pointing", "insertion_auc", "deletion_auc", "pcc"]
+    rows = {}
+    for stage in sweep["stages"]:
+        h, w = sweep["grids"][stage]
+        for row, values in sweep["rows"].items():
+            if stage in values:
+                label = "Regression IBA (deviation)" if row.startswith("regression") else METHODS[row].label
+                rows[f"{label} at `{stage}` ({h}x{w})"] = values[stage]
+    return [f"## Layer sweep: the bottleneck at every stage ({sweep['images']} images)", "",
+            "IBA and Inverse IBA at each stage; Multi-layer IBA over the stages up to it; Regression IBA "
+            "(deviation) against the severity maps. The paper fixes dense block 3 at 224 px (14x14 cells).", "",
+            markdown_table(rows, metrics), "", "![](sweep_layers.png)", ""], [("sweep_layers.csv", rows, metrics)]
+
+
+def _cue(results: dict):
+    cue = results.get("cue")
+    if not cue:
+        return [], []
+    drops = {name: values for name, values in cue["intervention"].items()}
+    methods = {METHODS[name].label: values for name, values in cue["methods"].items()}
+    lines = [f"## What the model uses: the cue study ({cue['images']} held-out images)", "",
+             f"A side marker ({100 * cue['cue_area']:.1f}% of the image) drawn on {100 * cue['rates'][0]:.0f}% of "
+             f"the training images with {cue['finding']} and {100 * cue['rates'][1]:.0f}% of the others; "
+             "`nih_cue` is trained with it, `nih_cue_clean` on the same images without it. Intervention: the "
+             f"probability of {cue['finding']} with the marker and with it removed (same image otherwise):", "",
+             markdown_table(drops, ["with_cue", "without_cue", "drop", "drop_min"]), "",
+             "Share of each method's map on the marker, for the model that uses it and the one that cannot "
+             f"(an even map puts {cue['cue_area']:.3f} there); a faithful method moves to the marker exactly "
+             "when the model relies on it:", "",
+             markdown_table(methods, ["cue_model", "clean_model", "difference", "difference_se"]), ""]
+    weighted = cue.get("weighted_bce_inverse_share")
+    if weighted:
+        lines += [f"Weighted BCE on the same data: Inverse IBA's share on the marker {fmt(weighted['weighted_bce'])} "
+                  f"(weighted BCE) vs {fmt(weighted['bce'])} (BCE); intervention drop "
+                  f"{fmt(drops['nih_cue_weighted_bce']['drop'])} vs {fmt(drops['nih_cue']['drop'])}.", ""]
+    return lines, [("cue_methods.csv", methods, ["cue_model", "clean_model", "difference", "difference_se"])]
 
 
 def _timings(results: dict):
@@ -210,7 +287,8 @@ def _notes(results: dict):
             *where, ""], []
 
 
-SECTIONS = (_head, _table1, _table2, _table3, _regression, _failures, _claims, _timings, _figures, _notes)
+SECTIONS = (_head, _table1, _table2, _table3, _regression, _sweep, _cue, _failures, _claims, _timings, _figures,
+            _notes)
 
 
 def write_report(results: dict, out_dir: str) -> None:

@@ -183,18 +183,22 @@ def regression_study(inputs, results, figures, settings, progress, log) -> None:
         severity = torch.zeros(len(items), *images.shape[-2:])
     else:
         severity = torch.stack([item["severity_map"] for item in items]).float()
+    grid = int(suite.stats[suite.layer].mean.shape[-1])
     scores = regression_scores(model, images, severity, maps, settings,
-                               sensitivity_methods=[f"regression_{loss}" for loss in REGRESSION_LOSSES] + ["random"],
-                               progress=progress)
+                               sensitivity_methods=[f"regression_{loss}" for loss in REGRESSION_LOSSES]
+                               + ["random", "saliency"], progress=progress, grid=grid)
     if not has_severity:
         for value in scores.values():
             value.pop("pcc")
     results["regression"] = {"images": len(items), "scores": scores, "failed": failed}
-    curves = {method_label(k): [v["sensitivity_n"][n] for n in sorted(v["sensitivity_n"])]
-              for k, v in scores.items() if "sensitivity_n" in v}
-    ns = sorted(next(v["sensitivity_n"] for v in scores.values() if "sensitivity_n" in v))
-    figures["fig3b_sensitivity_n"] = Figure(viz.curves, ns, curves, xlabel="n (pixels removed)", ylabel="Pearson r (attribution sum vs output drop)",
-               title="Fig. 3b: sensitivity-N of the regression losses", logx=True)
+    for key, xlabel, title in (
+            ("sensitivity_n", "n (pixels set to zero)", "Fig. 3b: sensitivity-N, the paper's setting (scattered pixels)"),
+            ("sensitivity_cells", f"fraction of the {grid}x{grid} bottleneck cells set to zero",
+             "Sensitivity-N over bottleneck cells, squared change of the score")):
+        curves = {method_label(k): list(v[key].values()) for k, v in scores.items() if key in v}
+        xs = list(next(v[key] for v in scores.values() if key in v))
+        figures[f"fig3b_{key}"] = Figure(viz.curves, xs, curves, xlabel=xlabel, title=title, logx=True,
+                                         ylabel="Pearson r (attribution sum vs output change)")
     if has_severity:
         shown = {method_label(f"regression_{loss}"): maps[f"regression_{loss}"].maps[:4] for loss in REGRESSION_LOSSES}
         shown = {"severity map": severity[:4, None], **shown}
