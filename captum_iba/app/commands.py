@@ -56,6 +56,7 @@ def run_demo(args) -> int:
     layers = choose_layers(models["nih_bce"], size)
     auc_images = max(args.images, args.auc_images)
     sweep_images = args.images if args.full else min(args.images, REDUCED_SWEEP_IMAGES)
+    sweep_kind = "complete" if args.full else "reduced: `captum-iba demo --full` runs it on every study image"
     inputs = ReportInputs(
         models=models,
         nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih"),
@@ -67,8 +68,7 @@ def run_demo(args) -> int:
         description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the embedded "
                      f"models trained on it (captum_iba.cxr). Evaluated on held-out phantom images "
                      f"(seed {HELD_OUT_PHANTOM_SEED}): {args.images} per study, {auc_images} for AUC/AP, "
-                     f"{sweep_images} for the layer sweep ({'complete' if args.full else 'reduced: '
-                     '`captum-iba demo --full` runs it on every study image'}). "
+                     f"{sweep_images} for the layer sweep ({sweep_kind}). "
                      f"Command: `captum-iba demo --images {args.images} --seed {args.seed}"
                      f"{' --full' if args.full else ''}`."),
         suite_options={**_suite_options(args), **layers.suite_options()},
