@@ -3,6 +3,7 @@
 import pytest
 
 from captum_iba.app.claims import MARGIN, claims, fmt
+from captum_iba.app.paper import CLAIMS
 from captum_iba.app.studies import MIN_CLAIM_PAIRS
 from captum_iba.objectives import REGRESSION_LOSSES
 
@@ -39,22 +40,25 @@ def regression_results(pcc, chance=0.0, baselines=None):
     return {"regression": {"scores": scores}}
 
 
-def only(results):
-    (claim,) = claims(results)
-    assert set(claim) == {"claim", "measured", "verdict"}
-    return claim
+def claim_of(results, claim_id):
+    found = {c["id"]: c for c in claims(results)}
+    assert set(found[claim_id]) == {"id", "claim", "source", "published", "measured", "verdict"}
+    return found[claim_id]
 
 
 def coverage_claim(results):
-    return claims(results)[0]
+    return claim_of(results, "inverse_all_regions")
 
 
 def multilayer_claim(results):
-    return claims(results)[1]
+    return claim_of(results, "multilayer_fine_grained")
 
 
-def test_no_study_no_claim():
-    assert claims({}) == []
+def test_no_study_every_claim_not_measurable_with_the_papers_figure():
+    found = claims({})
+    assert [c["id"] for c in found] == [c.id for c in CLAIMS]
+    assert all(c["verdict"] == UNMEASURABLE and c["measured"].startswith("not measured here") for c in found)
+    assert [c["published"] for c in found] == [c.published for c in CLAIMS]
 
 
 # Inverse IBA reaches every part of a two-part finding, IBA a sufficient subset.
@@ -69,7 +73,7 @@ def test_no_study_no_claim():
 ])
 def test_inverse_iba_coverage_claim(inverse, iba, pairs, verdict):
     claim = coverage_claim(nih_results(inverse=inverse, iba=iba, pairs=pairs))
-    assert claim["claim"].startswith("Inverse IBA finds all informative regions")
+    assert claim["claim"].startswith("Inverse IBA highlights all regions")
     assert claim["verdict"] == verdict
     assert f"over {pairs} pairs" in claim["measured"]
     assert f"Inverse IBA {fmt(inverse)}, IBA {fmt(iba)}" in claim["measured"]
@@ -84,10 +88,10 @@ def test_inverse_iba_coverage_claim(inverse, iba, pairs, verdict):
 ])
 def test_multilayer_small_findings_claim(multi, single, verdict):
     claim = multilayer_claim(nih_results(multi_small=multi, iba_small=single))
-    assert claim["claim"].startswith("Multi-layer IBA is finer")
+    assert claim["claim"].startswith("Multi-layer IBA gives finer maps")
     assert claim["verdict"] == verdict
     assert "IoU on Nodule and Mass" in claim["measured"]
-    assert "Multi-layer at features.denseblock1, IBA at features.denseblock3" in claim["measured"]
+    assert "finest map at features.denseblock1, IBA at features.denseblock3" in claim["measured"]
 
 
 def test_multilayer_claim_uses_only_the_small_findings_the_model_has():
@@ -108,11 +112,25 @@ def test_multilayer_claim_uses_only_the_small_findings_the_model_has():
     (0.6, 0.3, 0.90, 0.81, NOT_HELD),  # AUC not "about equal" either way
 ])
 def test_weighted_bce_claim(weighted_iou, bce_iou, weighted_auc, bce_auc, verdict):
-    claim = only(table3_results(weighted_iou=weighted_iou, bce_iou=bce_iou, weighted_auc=weighted_auc,
-                                bce_auc=bce_auc))
+    claim = claim_of(table3_results(weighted_iou=weighted_iou, bce_iou=bce_iou, weighted_auc=weighted_auc,
+                                    bce_auc=bce_auc), "weighted_bce_alignment")
     assert claim["claim"].startswith("Weighted BCE")
     assert claim["verdict"] == verdict
-    assert f"weighted BCE {fmt(weighted_iou)}, BCE {fmt(bce_iou)}" in claim["measured"]
+    assert f"weighted BCE {fmt(weighted_iou)} vs BCE {fmt(bce_iou)}" in claim["measured"]
+
+
+@pytest.mark.parametrize("weighted_share, bce_share, table3_holds, verdict", [
+    (0.05, 0.05 + ABOVE, True, HELD),  # both settings agree
+    (0.05, 0.05 + WITHIN, True, NOT_HELD),  # the cue data does not confirm it: the settings disagree
+    (0.05 + ABOVE, 0.05, False, NOT_HELD),
+])
+def test_weighted_bce_claim_on_the_cue_data(weighted_share, bce_share, table3_holds, verdict):
+    results = table3_results(weighted_iou=0.3 + (ABOVE if table3_holds else -ABOVE), bce_iou=0.3)
+    results["cue"] = {"weighted_bce_inverse_share": {"bce": bce_share, "weighted_bce": weighted_share}}
+    claim = claim_of(results, "weighted_bce_alignment")
+    assert claim["verdict"] == verdict
+    assert f"weighted BCE {fmt(weighted_share)} vs BCE {fmt(bce_share)}" in claim["measured"]
+    assert ("disagree" in claim["measured"]) == (verdict == NOT_HELD and table3_holds)
 
 
 # Regression IBA follows the zone severities: every loss's PCC above the random map's.
@@ -124,8 +142,8 @@ def test_weighted_bce_claim(weighted_iou, bce_iou, weighted_auc, bce_auc, verdic
     ({loss: 0.5 for loss in REGRESSION_LOSSES}, 0.45, NOT_HELD),  # a random map does as well
 ])
 def test_regression_claim(pcc, chance, verdict):
-    claim = only(regression_results(pcc, chance))
-    assert claim["claim"].startswith("Regression IBA maps follow the zone severities")
+    claim = claim_of(regression_results(pcc, chance), "regression_severity")
+    assert claim["claim"].startswith("Regression IBA shows")
     assert claim["verdict"] == verdict
     for loss, value in pcc.items():
         assert f"{loss} {fmt(value)}" in claim["measured"]
@@ -137,14 +155,59 @@ def test_regression_claim_left_out_without_severity_maps():
     results = regression_results({loss: 0.5 for loss in REGRESSION_LOSSES})
     for value in results["regression"]["scores"].values():
         value.pop("pcc")  # what the regression study does when the items have no severity map
-    assert claims(results) == []
+    assert claim_of(results, "regression_severity")["verdict"] == UNMEASURABLE
 
 
-def test_every_study_gives_its_claims_in_order():
+@pytest.mark.parametrize("gap_iba, verdict", [(0.5, HELD), (0.2 + WITHIN, NOT_HELD), (NAN, NOT_HELD)])
+def test_feature_importance_claim_against_the_median_of_the_others(gap_iba, verdict):
+    def scores(gap):
+        return {"insertion_auc": 0.5 + gap, "deletion_auc": 0.5}
+    nih = {"scores": {"iba": scores(gap_iba), "inverse": scores(0.5), "multilayer": scores(0.5),
+                      "gradcam": scores(0.1), "saliency": scores(0.2), "lrp": scores(0.3)}}
+    claim = claim_of({"nih": nih}, "iba_feature_importance")
+    assert claim["verdict"] == verdict and "median of the other methods 0.200" in claim["measured"]
+
+
+@pytest.mark.parametrize("multi, best_other, verdict", [(0.3, 0.3 - ABOVE, HELD), (0.3, 0.3 - WITHIN, NOT_HELD)])
+def test_multilayer_best_iou_claim(multi, best_other, verdict):
+    nih = {"scores": {"multilayer": {"iou": multi}, "iba": {"iou": best_other}, "gradcam": {"iou": 0.01}}}
+    claim = claim_of({"nih": nih}, "multilayer_best_iou")
+    assert claim["verdict"] == verdict and f"best other: IBA {fmt(best_other)}" in claim["measured"]
+
+
+def test_brixia_claim_needs_inverse_or_multilayer_best_for_every_detector():
+    def scores(a, b):
+        return {"class_iou": {"score_3": a, "score_2": b}}
+    detectors = {"scores": {"inverse": scores(0.5, 0.1), "multilayer": scores(0.2, 0.4), "iba": scores(0.3, 0.3)}}
+    assert claim_of({"detectors": detectors}, "brixia_iou")["verdict"] == HELD
+    detectors["scores"]["gradcam"] = scores(0.1, 0.45)
+    claim = claim_of({"detectors": detectors}, "brixia_iou")
+    assert claim["verdict"] == NOT_HELD and "score_2: not best" in claim["measured"]
+
+
+@pytest.mark.parametrize("deviation, verdict", [(0.4, HELD), (0.05, NOT_HELD)])
+def test_sensitivity_claim_reads_the_cell_setting(deviation, verdict):
+    scores = {"regression_deviation": {"sensitivity_cells": {0.1: deviation, 0.5: deviation}},
+              "random": {"sensitivity_cells": {0.1: 0.0, 0.5: 0.02}}}
+    claim = claim_of({"regression": {"scores": scores}}, "regression_sensitivity_n")
+    assert claim["verdict"] == verdict and "random map 0.010" in claim["measured"]
+
+
+def test_every_study_gives_its_claims_in_the_papers_order():
     results = {**nih_results(), **table3_results(), **regression_results({loss: 0.5 for loss in REGRESSION_LOSSES})}
     found = claims(results)
-    assert [c["claim"].split()[0] for c in found] == ["Inverse", "Multi-layer", "Weighted", "Regression"]
-    assert [c["verdict"] for c in found] == [HELD, HELD, HELD, HELD]
+    assert [c["id"] for c in found] == [c.id for c in CLAIMS]
+    verdicts = {c["id"]: c["verdict"] for c in found}
+    assert [verdicts[k] for k in ("inverse_all_regions", "multilayer_fine_grained", "weighted_bce_alignment",
+                                  "regression_severity")] == [HELD, HELD, HELD, HELD]
+
+
+def test_a_skipped_two_part_study_says_why():
+    results = nih_results()
+    del results["nih"]["coverage"]
+    results["nih"]["coverage_skipped"] = "no two-part finding among 4 items"
+    claim = coverage_claim(results)
+    assert claim["verdict"] == UNMEASURABLE and "no two-part finding among 4 items" in claim["measured"]
 
 
 def test_fmt_says_n_a_for_what_was_not_measured():

@@ -116,9 +116,9 @@ def _regression_sensitivity(results: dict) -> Verdict:
 
 def _multilayer_best(results: dict) -> Verdict:
     scores = results.get("nih", {}).get("scores", {})
-    if "multilayer" not in scores:
+    if "iou" not in scores.get("multilayer", {}):
         return _not_run("needs the NIH-like study")
-    others = {k: v["iou"] for k, v in scores.items() if k != "multilayer"}
+    others = {k: v.get("iou", float("nan")) for k, v in scores.items() if k != "multilayer"}
     best = max(others, key=lambda k: np.nan_to_num(others[k], nan=-1.0))
     multi = scores["multilayer"]["iou"]
     return (f"mean IoU Multi-layer IBA {fmt(multi)}; best other: {method_label(best)} {fmt(others[best])}",
@@ -127,7 +127,7 @@ def _multilayer_best(results: dict) -> Verdict:
 
 def _multilayer_fine(results: dict) -> Verdict:
     scores = results.get("nih", {}).get("scores", {})
-    if not all(n in scores for n in ("iba", "multilayer")):
+    if not all("class_iou" in scores.get(n, {}) for n in ("iba", "multilayer")):
         return _not_run("needs the NIH-like study")
     small = [f for f in SMALL_FINDINGS if f in scores["iba"]["class_iou"]]
     multi = _nanmean([scores["multilayer"]["class_iou"][f] for f in small])
