@@ -26,6 +26,15 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A model cache of this module's own: the user's is never touched."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPTUM_IBA_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def nih_root(tmp_path):
     """An NIH ChestX-ray8 folder in the official format (``_realdata.NIH_IMAGES``; two listed images absent)."""

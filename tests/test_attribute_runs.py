@@ -48,15 +48,6 @@ def iba_argv(out, *extra, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A model cache of this module's own: the user's is never touched."""
-    folder = tmp_path_factory.mktemp("model-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CAPTUM_IBA_CACHE", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def reference(cache, tmp_path_factory):
     """The store of one uninterrupted single-process IBA run."""
     out = tmp_path_factory.mktemp("reference") / "out"

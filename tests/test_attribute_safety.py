@@ -51,15 +51,6 @@ def error_lines(capsys):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A model cache of this module's own: the user's is never touched."""
-    folder = tmp_path_factory.mktemp("model-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CAPTUM_IBA_CACHE", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def reference(cache, tmp_path_factory):
     """The maps of one uninterrupted run."""
     out = tmp_path_factory.mktemp("reference") / "out"

@@ -56,14 +56,6 @@ def dataset():
     DATASETS.pop(DATASET)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A model cache of this module's own: the user's is never touched."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CAPTUM_IBA_CACHE", str(tmp_path_factory.mktemp("model-cache")))
-        yield
-
-
 def accepts(*argv):
     """Whether the command line parses (argparse exits on a value outside an option's choices)."""
     try:
