@@ -122,7 +122,10 @@ def _versions(method: str) -> dict:
     versions = {"captum_iba": __version__}
     family = METHODS[method].family
     if family != "captum_iba":
-        versions[family] = importlib.metadata.version(family)
+        try:
+            versions[family] = importlib.metadata.version(family)
+        except importlib.metadata.PackageNotFoundError:  # a registered family that is not a package name
+            versions[family] = "unknown"
     return versions
 
 
