@@ -40,7 +40,8 @@ def results_dict():
                                     "mean_ap": 0.41},
                    "auc_images": 16},
         "regression": {"images": 4, "scores": regression},
-        "claims": [{"claim": "A claim", "measured": "x 0.100", "verdict": "held"}],
+        "claims": [{"id": "a", "claim": "A claim", "source": "Table 9", "published": "0.2",
+                    "measured": "x 0.100", "verdict": "held"}],
         "figures": {"fig2_insertion_deletion": "fig2_insertion_deletion.png"},
     }
 
@@ -58,12 +59,14 @@ def test_write_report_writes_the_markdown_the_json_and_one_csv_per_table(tmp_pat
          "severity_pcc.csv"])
     assert json.loads((tmp_path / "results.json").read_text()) == results
     table1 = read_csv(tmp_path / "table1_nih.csv")
-    assert table1[0] == ["method", "iou", "pointing", "insertion_auc", "deletion_auc"]
+    assert table1[0] == ["method", "iou", "paper_iou", "pointing", "insertion_auc", "deletion_auc"]
+    assert {row[0]: row[2] for row in table1[1:]}[METHODS["iba"].label] == "0.114"  # the paper's Table 1
     assert {row[0]: float(row[1]) for row in table1[1:]} == {
         METHODS["iba"].label: 0.25, METHODS["inverse"].label: 0.375, METHODS["gradcam"].label: 0.125}
-    assert read_csv(tmp_path / "table2_detectors.csv")[1] == [METHODS["iba"].label, "0.5", "0.5", "0.5", "0.5"]
+    assert read_csv(tmp_path / "table2_detectors.csv")[1][:5] == [METHODS["iba"].label, "0.5", "0.5", "0.5", "0.5"]
     table3 = read_csv(tmp_path / "table3_bce_vs_weighted.csv")
-    assert [row[0] for row in table3[1:]] == ["BCE", "weighted BCE"] and table3[2][-1] == "0.3"
+    assert [row[0] for row in table3[1:]] == ["BCE", "weighted BCE", "BCE (paper)", "weighted BCE (paper)"]
+    assert table3[2][-1] == "0.3" and table3[4][-1] == "0.065"
     severity = {row[0]: row[1] for row in read_csv(tmp_path / "severity_pcc.csv")[1:]}
     assert severity["random map"] == "0.01" and severity["Regression IBA (mse)"] == "0.5"
 
@@ -77,8 +80,8 @@ def test_report_sections_say_what_was_measured(tmp_path):
     positions = [text.index(heading) for heading in order]
     assert positions == sorted(positions)
     assert "Seed 3;" in text and "16 steps" in text and "Hand-made results." in text
-    assert f"| {METHODS['inverse'].label} | 0.375 | 0.475 |" in text
-    assert "| A claim | x 0.100 | **held** |" in text
+    assert f"| {METHODS['inverse'].label} | 0.375 | 0.088 | 0.475 |" in text
+    assert "| A claim | Table 9 | 0.2 | x 0.100 | **held** |" in text
     assert "![fig2_insertion_deletion](fig2_insertion_deletion.png)" in text
     # The notes name the layers the run used, not the library defaults.
     assert "Grad-CAM at `block.c`" in text and "`block.a`, `block.b`" in text
@@ -131,7 +134,7 @@ def test_an_interrupted_write_leaves_the_previous_report_whole(tmp_path, monkeyp
     changed = results_dict()
     changed["nih"]["scores"]["iba"]["iou"] = 0.875
     monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="no space left on device"):
         write_report(changed, str(tmp_path))
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no half file, no temporary left

@@ -87,6 +87,30 @@ def _head(results: dict):
             f"{results['seconds_total']:.0f} s on {results['environment']['threads']} torch threads.", ""], []
 
 
+def _headline(results: dict):
+    """Plain sentences: does the IBA family beat Grad-CAM here, and Regression IBA a random map?"""
+    lines = []
+    scores = results.get("nih", {}).get("scores", {})
+    if "gradcam" in scores:
+        cam = scores["gradcam"]
+        for name in ("iba", "inverse", "multilayer"):
+            if name in scores:
+                verdicts = [f"{metric} {fmt(scores[name][metric])} vs {fmt(cam[metric])} "
+                            f"({'above' if scores[name][metric] > cam[metric] else 'NOT above'})"
+                            for metric in ("iou", "pointing")]
+                lines.append(f"- {METHODS[name].label} against Grad-CAM (Captum): {'; '.join(verdicts)}.")
+    regression = results.get("regression", {}).get("scores", {})
+    if "pcc" in regression.get("random", {}):
+        chance = regression["random"]["pcc"]
+        for key, value in regression.items():
+            if key.startswith("regression_"):
+                lines.append(f"- {method_label(key)} severity PCC {fmt(value['pcc'])} vs a random map {fmt(chance)} "
+                             f"({'above' if value['pcc'] > chance else 'NOT above'}).")
+    if not lines:
+        return [], []
+    return ["## Headline", "", _where(results), "", *lines, ""], []
+
+
 def _table1(results: dict):
     if "nih" not in results:
         return [], []
@@ -287,7 +311,7 @@ def _notes(results: dict):
             *where, ""], []
 
 
-SECTIONS = (_head, _table1, _table2, _table3, _regression, _sweep, _cue, _failures, _claims, _timings, _figures,
+SECTIONS = (_head, _headline, _table1, _table2, _table3, _regression, _sweep, _cue, _failures, _claims, _timings, _figures,
             _notes)
 
 
