@@ -10,14 +10,16 @@ from _realdata import NIH_IMAGES
 from captum_iba.app.cli import main
 from captum_iba.cxr import FINDINGS, small_densenet
 from captum_iba.cxr.checkpoints import save_model
+from captum_iba.app.paper import CLAIMS
 from captum_iba.methods import METHODS
 
 TINY = ["--size", "32", "--train-images", "64", "--epochs", "1", "--images", "4", "--auc-images", "16",
         "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4", "--extremal-iterations", "2",
         "--quiet"]
 FIGURES = ["fig1_inverse_vs_iba.png", "fig2_insertion_deletion.png", "fig3a_regression.png",
-           "fig3b_sensitivity_n.png", "fig4_methods.png"]
-TABLES = ["table1_nih.csv", "table2_detectors.csv", "table3_bce_vs_weighted.csv", "severity_pcc.csv"]
+           "fig3b_sensitivity_n.png", "fig3b_sensitivity_cells.png", "fig4_methods.png", "sweep_layers.png"]
+TABLES = ["table1_nih.csv", "table2_detectors.csv", "table3_bce_vs_weighted.csv", "severity_pcc.csv",
+          "sweep_layers.csv", "cue_methods.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,16 @@ def test_every_table_and_figure_with_finite_numbers_for_every_method(demo_runs):
         assert _finite(scores["pcc"]) and all(_finite(v) for v in scores["sensitivity_n"].values())
     assert _finite(regression["random"]["pcc"])
     assert all(_finite(results["table3"][m][k]) for m in ("bce", "weighted_bce") for k in ("iou", "mean_auc"))
-    assert len(results["claims"]) == 4
+    assert [c["id"] for c in results["claims"]] == [c.id for c in CLAIMS]  # one row per paper claim
+    assert all(c["published"] and c["measured"] for c in results["claims"])
+    sweep = results["sweep"]
+    assert len(sweep["stages"]) >= 2 and set(sweep["rows"]) == {"iba", "inverse", "multilayer", "regression_deviation"}
+    assert all(_finite(row[stage]["iou"]) for name, row in sweep["rows"].items() if name != "regression_deviation"
+               for stage in sweep["stages"])
+    cue = results["cue"]
+    assert set(cue["intervention"]) == {"nih_cue", "nih_cue_clean", "nih_cue_weighted_bce"}
+    assert set(cue["methods"]) == {"iba", "inverse", "saliency", "integrated_gradients"}
+    assert results["layers"]["bottleneck"] in sweep["stages"]  # chosen by the map's resolution
     assert {c["verdict"] for c in results["claims"]} <= {"held", "did not hold", "not measurable here"}
     report = (out / "report.md").read_text()
     for heading in ("Table 1", "Table 2", "Table 3", "Severity-map correlation", "Sensitivity-N",
@@ -73,7 +84,8 @@ def test_same_seed_same_numbers(demo_runs):
         for study in ("nih", "detectors", "regression"):
             for scores in results[study]["scores"].values():
                 scores.pop("seconds_per_map")
-        return {k: results[k] for k in ("nih", "detectors", "regression", "table3", "claims")}
+                scores.pop("warmup_seconds")
+        return {k: results[k] for k in ("nih", "detectors", "regression", "table3", "claims", "sweep", "cue")}
 
     assert numbers(demo_runs[0]) == numbers(demo_runs[1])
 
