@@ -18,7 +18,7 @@ from ..objectives import REGRESSION_LOSSES
 from .sources import DATASETS, TASKS
 
 __all__ = ["Plan", "UsageError", "make_plan", "DEFAULT_STEPS", "DEFAULT_NOISE_DRAWS", "DEFAULT_REGRESSION_LOSS",
-           "DEFAULT_READOUT_IMAGES"]
+           "DEFAULT_READOUT_IMAGES", "readout_layers"]
 
 #: Library defaults of the IBA options, written into a run's configuration.
 DEFAULT_STEPS, DEFAULT_NOISE_DRAWS = 10, 10
@@ -99,6 +99,17 @@ class Plan:
     def task(self) -> str:
         """The method suite's task: ``"regression"`` for the score regressor, else ``"classification"``."""
         return "regression" if self.label_key is None else "classification"
+
+
+def readout_layers(model, input_size: int, bottleneck: str) -> Tuple[str, ...]:
+    """The Readout Bottleneck's readout layers in ``model``: every DenseNet dense block or ResNet stage
+    (:func:`~captum_iba.cxr.layers.bottleneck_candidates`), else the bottleneck alone."""
+    from ..cxr.layers import bottleneck_candidates
+
+    try:
+        return tuple(name for name, _ in bottleneck_candidates(model, input_size)) or (bottleneck,)
+    except ValueError:  # no stage to read
+        return (bottleneck,)
 
 
 def refuse(args: argparse.Namespace, names: Sequence[str], reason: str) -> None:

@@ -40,11 +40,10 @@ from .. import __version__
 from .._files import error_line
 from .._hashing import tensor_digest
 from ..cxr import PhantomCXR, collate
-from ..cxr.layers import bottleneck_candidates
 from ..methods import METHODS, MethodSuite
 from ..stats import FeatureStats, estimate_stats
 from .distributed import Processes, SetupFailed, Shard, batch_seed, determinism, shard
-from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan
+from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan, readout_layers
 from .sources import (DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, image_size, open_dataset,
                       open_model)
 from .store import BatchWriter, MethodStore, StoreError, check_out_dir, check_writer, open_method_store, writer_lock
@@ -182,7 +181,7 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: co
     model = open_model(plan.model_task, args.checkpoint, **plan.model, **plan.embedded_overrides)
     size = image_size(model, args.size)
     layers = choose_layers(model, size, plan.layer, plan.multilayer)
-    plan = plan.with_layers(layers, _readout_layers(model, size, layers.bottleneck))
+    plan = plan.with_layers(layers, readout_layers(model, size, layers.bottleneck))
     items = _items(args, plan, size)
     given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None
     config = _config(args, plan, model, items, size, given)
@@ -201,14 +200,6 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: co
         store.save_stats(stats)
     trained = _trained(model.to(device), args, plan, stats, store, size, device) if METHODS[plan.method].train else None
     return Setup(plan, model.cpu(), items, stats, store.config_hash, done, run_id, trained)
-
-
-def _readout_layers(model: nn.Module, size: int, bottleneck: str) -> Tuple[str, ...]:
-    """The Readout Bottleneck's readout layers: every DenseNet dense block or ResNet stage, else the bottleneck."""
-    try:
-        return tuple(name for name, _ in bottleneck_candidates(model, size)) or (bottleneck,)
-    except ValueError:  # no stage to read
-        return (bottleneck,)
 
 
 def _trained(model: nn.Module, args: argparse.Namespace, plan: Plan, stats: Dict[str, FeatureStats],
