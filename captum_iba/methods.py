@@ -58,7 +58,7 @@ DEFAULT_READOUT_LAYERS = tuple(f"features.denseblock{i}" for i in range(1, 5))
 #: The Readout Bottleneck's training by default (``MethodSuite(training_options={"readout": {...}})``
 #: overrides any of them). beta 1, not IBA's 10: averaged over the phantom, beta 10 trains the
 #: readout to all-noise maps (the model loss can fall little there: 2.4 nats on noise, 1.5 clean).
-READOUT_TRAINING = {"epochs": 4, "lr": 3e-3, "beta": 1.0, "seed": 0}
+READOUT_TRAINING = {"epochs": 10, "lr": 3e-3, "beta": 1.0, "seed": 0}
 
 #: The options of an IBA-family method that a run may set (``captum-iba attribute --beta ...``).
 BOTTLENECK_OPTIONS = ("layer", "beta", "steps", "noise_draws")

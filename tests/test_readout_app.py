@@ -137,3 +137,19 @@ def test_the_suite_trains_a_learning_method_only_with_training_data():
                         training_options={"readout": {"epoch": 2}})
     with pytest.raises(ValueError, match="unknown options \\['epoch'\\]"):
         wrong.train("readout")
+
+
+def test_the_seconds_table_adds_the_training_spread_over_the_maps():
+    from captum_iba.app.report import _timings
+
+    scores = {"iba": {"seconds_per_map": 0.5, "warmup_seconds": 1.0},
+              "readout": {"seconds_per_map": 0.01, "warmup_seconds": 0.1}}
+    results = {"nih": {"pairs": 20, "scores": scores,
+                       "training": {"readout": {"training_seconds": 4.0, "epochs": 10, "rows": 300}}}}
+    lines, _ = _timings(results)
+    text = "\n".join(lines)
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header == "| method | nih | nih first call | nih incl. training |"
+    assert f"| {METHODS['readout'].label} | 0.010 | 0.100 | 0.210 |" in text  # 0.01 + 4.0 / 20
+    assert f"| {METHODS['iba'].label} | 0.500 | 1.000 | n/a |" in text
+    assert "300 rows x 10 epochs, 4.0 s" in text
