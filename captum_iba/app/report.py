@@ -262,7 +262,8 @@ def _timings(results: dict):
                 training = part.get("training", {}).get(key)
                 if training and training.get("training_seconds") is not None:
                     # A learning method's training, spread over the study's maps.
-                    row[f"{study} incl. training"] = value["seconds_per_map"] + training["training_seconds"] / part["pairs"]
+                    spread = training["training_seconds"] / part["pairs"]
+                    row[f"{study} incl. training"] = value["seconds_per_map"] + spread
                     trained.append(f"{method_label(key)} in the {study} study: {training['rows']} rows x "
                                    f"{training['epochs']} epochs, {training['training_seconds']:.1f} s")
     if not timings:

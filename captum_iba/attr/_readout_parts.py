@@ -110,6 +110,17 @@ def readout_maps(readouts: List[Tensor], readout_stats: List[FeatureStats], min_
     return torch.cat(maps, 1)
 
 
+def check_target(target: Optional[Tensor], n_targets: int) -> Optional[Tensor]:
+    """Formatted target indices checked against a readout trained for ``n_targets`` outputs (0: one output)."""
+    if target is None and n_targets:
+        raise ValueError(f"target is required: the readout was trained on a model with {n_targets} outputs")
+    if target is not None and n_targets and ((target < 0) | (target >= n_targets)).any():
+        raise ValueError(f"target indices must lie in [0, {n_targets - 1}] for a model with {n_targets} "
+                         f"outputs, got {target.tolist()}")
+    # A single-output model has nothing to condition on: any valid target is that output.
+    return target if n_targets else None
+
+
 def check_readout_layers(forward_func, readout_layers) -> List[nn.Module]:
     if isinstance(readout_layers, nn.Module) or not isinstance(readout_layers, (list, tuple)) \
             or not readout_layers:

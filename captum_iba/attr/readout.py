@@ -35,9 +35,9 @@ from ..objectives import get_objective
 from ..split import capture_layer_outputs, frozen_model
 from ..stats import FeatureStats, estimate_stats
 from ._base import BottleneckAttribution, _feature_stats, format_additional_args, format_inputs, format_target
-from ._readout_parts import (FirstPasses, ReadoutNetwork, check_readout_layers,
-                             check_readout_stats, check_shape, inputs_and_labels, read_readout, readout_maps,
-                             same_batches, training_rows, write_readout)
+from ._readout_parts import (FirstPasses, ReadoutNetwork, check_readout_layers, check_readout_stats, check_shape,
+                             check_target, inputs_and_labels, read_readout, readout_maps, same_batches,
+                             training_rows, write_readout)
 
 __all__ = ["ReadoutIBA", "ReadoutNetwork"]
 
@@ -157,19 +157,7 @@ class ReadoutIBA(BottleneckAttribution):
 
     def _target(self, target, n: int, device) -> Optional[Tensor]:
         """Captum's target as (n,) indices, checked against the trained readout's outputs."""
-        target = format_target(target, n, device)
-        n_targets = self.network.config["n_targets"]
-        if target is None and n_targets:
-            raise ValueError(
-                f"target is required: the readout was trained on a model with {n_targets} outputs"
-            )
-        if target is not None and n_targets and ((target < 0) | (target >= n_targets)).any():
-            raise ValueError(
-                f"target indices must lie in [0, {n_targets - 1}] for a model with {n_targets} "
-                f"outputs, got {target.tolist()}"
-            )
-        # A single-output model has nothing to condition on: any valid target is that output.
-        return target if n_targets else None
+        return check_target(format_target(target, n, device), self.network.config["n_targets"])
 
     # ------------------------------------------------------------------ training
 
