@@ -1,7 +1,7 @@
 """Information Bottleneck Attribution and its chest X-ray extensions as Captum methods."""
 
-from .attr import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
+from .attr import IBA, InverseIBA, MultiLayerIBA, ReadoutIBA, RegressionIBA
 from .stats import FeatureStats
 
-__all__ = ["IBA", "InverseIBA", "RegressionIBA", "MultiLayerIBA", "FeatureStats"]
+__all__ = ["IBA", "InverseIBA", "RegressionIBA", "MultiLayerIBA", "ReadoutIBA", "FeatureStats"]
 __version__ = "0.1.0"

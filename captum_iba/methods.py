@@ -14,6 +14,11 @@ excitation_backprop and extremal_perturbation -- and
 ``suite.attribute(name, images, target)`` returns each method's map through
 the method's own public API; nothing is re-implemented here.
 
+A method that learns before it explains (the Readout Bottleneck,
+``"readout"``) has a ``train`` hook: the suite trains it once on its
+``training_data`` (or takes the trained state it is given) and the method's
+``build`` reads the result from ``suite.train(name)``.
+
 The baselines run on an in-place-free copy of the model
 (:func:`inplace_free_copy`): TorchRay 1.0's hooks and Captum's LRP fail or
 read modified activations when a layer's output is changed in place, as
@@ -24,21 +29,22 @@ function; the user's model is not touched.
 
 from __future__ import annotations
 
-import copy
+import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validate import find_layer, format_target
-from .attr import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
+from ._baselines import (_excitation_backprop, _extremal_perturbation, _gradcam, _integrated_gradients, _lrp,
+                         _saliency, _torchray_gradcam, baseline_target, inplace_free_copy)
+from ._validate import find_layer
+from .attr import IBA, InverseIBA, MultiLayerIBA, ReadoutIBA, RegressionIBA
 from .maps import as_map_batch
 from .stats import FeatureStats, estimate_stats
 
 __all__ = ["Method", "METHODS", "register_method", "MethodSuite", "inplace_free_copy",
-           "DEFAULT_LAYER", "DEFAULT_MULTILAYER_LAYERS", "DEFAULT_CAM_LAYER", "DEFAULT_THRESHOLD"]
+           "DEFAULT_LAYER", "DEFAULT_MULTILAYER_LAYERS", "DEFAULT_CAM_LAYER", "DEFAULT_THRESHOLD",
+           "DEFAULT_READOUT_LAYERS", "READOUT_TRAINING"]
 
 #: The IBA family's layer on the paper's DenseNet-121 at 224 px (a 14x14 grid).
 DEFAULT_LAYER = "features.denseblock3"
@@ -47,6 +53,12 @@ DEFAULT_MULTILAYER_LAYERS = ("features.denseblock1", "features.denseblock2", "fe
 #: Grad-CAM's layer: the last feature map.
 DEFAULT_CAM_LAYER = "features.norm5"
 DEFAULT_THRESHOLD = "top:0.3"
+#: The Readout Bottleneck's readout layers: the outputs of the four dense blocks.
+DEFAULT_READOUT_LAYERS = tuple(f"features.denseblock{i}" for i in range(1, 5))
+#: The Readout Bottleneck's training by default (``MethodSuite(training_options={"readout": {...}})``
+#: overrides any of them). beta 1, not IBA's 10: averaged over the phantom, beta 10 trains the
+#: readout to all-noise maps (the model loss can fall little there: 2.4 nats on noise, 1.5 clean).
+READOUT_TRAINING = {"epochs": 10, "lr": 3e-3, "beta": 1.0, "seed": 0}
 
 #: The options of an IBA-family method that a run may set (``captum-iba attribute --beta ...``).
 BOTTLENECK_OPTIONS = ("layer", "beta", "steps", "noise_draws")
@@ -72,7 +84,8 @@ class Method:
         per-sample tensor (or an int). Either returns maps ``(N, ...)``.
     layers : str
         Whose feature statistics it needs: ``"bottleneck"`` (the suite's layer),
-        ``"multilayer"`` (the suite's multi-layer list) or ``""`` (none).
+        ``"multilayer"`` (the suite's multi-layer list), ``"readout"`` (the
+        suite's layer and its readout layers) or ``""`` (none).
     options : tuple of str
         The run options that apply (``layer``, ``beta``, ``steps``,
         ``noise_draws``, ``threshold``, ``loss``); others are refused.
@@ -80,6 +93,19 @@ class Method:
         Its Captum ``LayerAttribution`` class, for the IBA family.
     function : str, optional
         Its name in :mod:`captum_iba.torchray`, where it has a TorchRay-style function.
+    defaults : dict
+        The fixed options its builder passes (recorded, e.g. ``loss``).
+    train : callable, optional
+        For a method that learns from data before it explains (the Readout
+        Bottleneck): ``train(suite) -> state``, run once per suite on
+        ``suite.training_data`` with ``suite.training_options.get(name, {})``
+        (on first use, or by :meth:`MethodSuite.train`); ``build`` reads the
+        state from ``suite.train(name)``. The state has ``save(path)``; a suite
+        without training data or a given state (``trained=``) leaves the method
+        out of :attr:`MethodSuite.names`.
+    load : callable, optional
+        With ``train``: ``load(suite, path) -> state``, the state ``save`` wrote
+        (the attribute runner keeps it in its store, and trains once per store).
     """
 
     label: str
@@ -91,6 +117,8 @@ class Method:
     attribution: Optional[type] = None
     function: Optional[str] = None
     defaults: dict = field(default_factory=dict)
+    train: Optional[Callable[["MethodSuite"], Any]] = None
+    load: Optional[Callable[["MethodSuite", Union[str, os.PathLike]], Any]] = None
 
 
 METHODS: Dict[str, Method] = {}
@@ -133,79 +161,34 @@ def _iba_entry(label: str, cls: type, tasks, function: str, layers: str = "bottl
                   options=options, attribution=cls, function=function, defaults=defaults)
 
 
-# The baselines, each through its library's public API, on the in-place-free copy.
+# The Readout Bottleneck: trained once per suite, then one forward pass per map.
 
 
-def _gradcam(suite: "MethodSuite"):
-    from captum.attr import LayerGradCam
-
-    gradcam = LayerGradCam(suite.baseline_model, suite.module(suite.cam_layer, suite.baseline_model))
-    return lambda images, target: gradcam.attribute(images, target=target, relu_attributions=True)
-
-
-def _integrated_gradients(suite: "MethodSuite"):
-    from captum.attr import IntegratedGradients
-
-    ig = IntegratedGradients(suite.baseline_model)
-
-    def attribute(images, target):
-        batch = max(1, 64 // max(1, images.shape[0])) * images.shape[0]
-        return ig.attribute(images, baselines=torch.zeros_like(images), target=target,
-                            n_steps=suite.ig_steps, internal_batch_size=batch)
-
-    return attribute
+def _readout_instance(suite: "MethodSuite", beta: Optional[float] = None) -> ReadoutIBA:
+    layers = suite.readout_layers
+    return ReadoutIBA(suite.model, suite.module(suite.layer), [suite.module(n) for n in layers],
+                      loss="bce", beta=beta, stats=suite.stats.get(suite.layer),
+                      readout_stats=[suite.stats[n] for n in layers] if all(n in suite.stats for n in layers) else None)
 
 
-def _lrp(suite: "MethodSuite"):
-    from captum.attr import LRP
-
-    return lambda images, target: LRP(suite.baseline_model).attribute(images, target=target)
-
-
-def _saliency(suite: "MethodSuite"):
-    from captum.attr import Saliency
-
-    return lambda images, target: Saliency(suite.baseline_model).attribute(images, target=target, abs=True)
-
-
-def _torchray_gradcam(suite: "MethodSuite"):
-    from torchray.attribution.grad_cam import grad_cam
-
-    return lambda images, target: grad_cam(suite.baseline_model, images, _torchray_target(target),
-                                           saliency_layer=suite.cam_layer)
+def _train_readout(suite: "MethodSuite") -> ReadoutIBA:
+    """A ReadoutIBA at the suite's layer, trained on ``suite.training_data`` (see :data:`READOUT_TRAINING`)."""
+    options = {**READOUT_TRAINING, **suite.training_options.get("readout", {})}
+    unknown = set(options) - set(READOUT_TRAINING)
+    if unknown:
+        raise ValueError(f"training_options['readout']: unknown options {sorted(unknown)}; "
+                         f"known: {', '.join(READOUT_TRAINING)}")
+    readout = _readout_instance(suite, options["beta"])
+    if readout.readout_stats is None:
+        raise ValueError("the readout layers have no statistics: estimate them with the suite (data=) or pass stats=")
+    readout.fit(suite.training_data, epochs=options["epochs"], lr=options["lr"], seed=options["seed"],
+                progress=suite.progress)
+    return readout
 
 
-def _excitation_backprop(suite: "MethodSuite"):
-    from torchray.attribution.excitation_backprop import excitation_backprop
-
-    # At the IBA layer: excitation backprop is meant for a mid-level layer.
-    return lambda images, target: excitation_backprop(suite.baseline_model, images, _torchray_target(target),
-                                                      saliency_layer=suite.layer)
-
-
-def _extremal_perturbation(suite: "MethodSuite"):
-    from torchray.attribution.extremal_perturbation import extremal_perturbation
-
-    def attribute(images, target):
-        targets = _torchray_target(target)
-        targets = targets.tolist() if isinstance(targets, Tensor) else [targets] * images.shape[0]
-        masks = [extremal_perturbation(suite.baseline_model, image[None], image_target, areas=[suite.extremal_area],
-                                       max_iter=suite.extremal_iterations)[0]
-                 for image, image_target in zip(images, targets)]  # TorchRay takes one image at a time
-        return torch.cat(masks)
-
-    return attribute
-
-
-def _baseline_target(target, images: Tensor):
-    """``target`` as Captum's and TorchRay's methods take it: a per-sample tensor, or a list of tuples."""
-    target = format_target(target, images.shape[0], images.device)
-    return [tuple(row) for row in target.tolist()] if target is not None and target.dim() == 2 else target
-
-
-def _torchray_target(target):
-    """TorchRay takes an int or a tensor of per-sample indices; a regressor's only output is 0."""
-    return 0 if target is None else target
+def _readout(suite: "MethodSuite"):
+    readout = suite.train("readout")
+    return lambda images, target, *, seed=0, **options: readout.attribute(images, target, **options)
 
 
 _BOTH = ("classification", "regression")
@@ -217,6 +200,10 @@ for _name, _method in {
                              layers="multilayer", options=(*BOTTLENECK_OPTIONS, "threshold"), loss="bce"),
     "regression": _iba_entry("Regression IBA", RegressionIBA, ("regression",), "regression_iba",
                              options=(*BOTTLENECK_OPTIONS, "loss")),
+    "readout": Method("Readout IBA", "captum_iba", _CLASSIFICATION, _readout, layers="readout",
+                      options=("layer", "beta", "readout_epochs", "readout_images"), attribution=ReadoutIBA,
+                      defaults={"loss": "bce"}, train=_train_readout,
+                      load=lambda suite, path: _readout_instance(suite).load(path)),
     "gradcam": Method("Grad-CAM (Captum)", "captum", _BOTH, _gradcam),
     "integrated_gradients": Method("Integrated Gradients (Captum)", "captum", _BOTH, _integrated_gradients),
     "lrp": Method("LRP (Captum)", "captum", _BOTH, _lrp),
@@ -226,40 +213,6 @@ for _name, _method in {
     "extremal_perturbation": Method("Extremal Perturbation (TorchRay)", "torchray", _BOTH, _extremal_perturbation),
 }.items():
     register_method(_name, _method)
-
-
-class _DenseNetWithoutInplace(nn.Module):
-    """torchvision DenseNet's forward with an out-of-place final ReLU, same layer names."""
-
-    def __init__(self, densenet: nn.Module) -> None:
-        super().__init__()
-        self.features = densenet.features
-        self.classifier = densenet.classifier
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.features(x))
-        out = F.adaptive_avg_pool2d(out, (1, 1))
-        return self.classifier(torch.flatten(out, 1))
-
-
-def inplace_free_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every in-place activation made out-of-place.
-
-    Modules with an ``inplace`` flag (``nn.ReLU(inplace=True)``, ...) get it
-    cleared; a torchvision DenseNet is wrapped so its functional in-place ReLU
-    after ``features.norm5`` becomes out-of-place. Layer names are kept.
-    """
-    import torchvision
-
-    clone = copy.deepcopy(model).eval()
-    for module in clone.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-    if isinstance(clone, torchvision.models.DenseNet):
-        clone = _DenseNetWithoutInplace(clone).eval()
-    for param in clone.parameters():
-        param.requires_grad_(False)
-    return clone
 
 
 class MethodSuite:
@@ -284,7 +237,18 @@ class MethodSuite:
         extremal_iterations (int): Extremal Perturbation's iterations per image
             (TorchRay's default 800 is minutes per image on a CPU).
         extremal_area (float): Extremal Perturbation's area.
-        progress (bool): progress bar for the estimation.
+        readout_layers (sequence of str): the Readout Bottleneck's readout
+            layers (default: DenseNet's four dense blocks).
+        training_data (iterable, optional): re-iterable training batches for
+            the methods that learn (``Method.train``), as
+            :meth:`~captum_iba.attr.ReadoutIBA.fit` takes them (e.g. a list of
+            ``(images, labels)``); without it (or ``trained``) they are left
+            out of :attr:`names`.
+        training_options (dict, optional): method name -> its training options
+            (``{"readout": {"epochs": 2}}``; see :data:`READOUT_TRAINING`).
+        trained (dict, optional): method name -> its trained state (e.g. a
+            fitted :class:`~captum_iba.attr.ReadoutIBA`): used, not trained again.
+        progress (bool): progress bars for the estimation and the training.
     """
 
     def __init__(
@@ -303,14 +267,22 @@ class MethodSuite:
         ig_steps: int = 16,
         extremal_iterations: int = 100,
         extremal_area: float = 0.1,
+        readout_layers: Sequence[str] = DEFAULT_READOUT_LAYERS,
+        training_data: Optional[Iterable] = None,
+        training_options: Optional[Dict[str, dict]] = None,
+        trained: Optional[Dict[str, Any]] = None,
         progress: bool = False,
     ) -> None:
         if task not in _BOTH:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-        self.model, self.task = model, task
+        self.model, self.task, self.progress = model, task, progress
         self.layer, self.multilayer_layers, self.cam_layer = layer, tuple(multilayer_layers), cam_layer
+        self.readout_layers = tuple(readout_layers)
+        self.training_data, self.training_options = training_data, dict(training_options or {})
+        self.trained: Dict[str, Any] = dict(trained or {})
         for name, value in (("layer", layer), ("cam_layer", cam_layer),
-                            *(("multilayer_layers", n) for n in self.multilayer_layers)):
+                            *(("multilayer_layers", n) for n in self.multilayer_layers),
+                            *(("readout_layers", n) for n in self.readout_layers if "readout" in self.names)):
             find_layer(model, value, name)
         if stats is None:
             if data is None:
@@ -328,13 +300,41 @@ class MethodSuite:
 
     @property
     def names(self) -> list:
-        """The registered methods that explain this suite's task, in registration order."""
-        return [name for name, method in METHODS.items() if self.task in method.tasks]
+        """The registered methods this suite runs, in registration order: those that explain its
+        task and, for a method that learns, have training data or a trained state."""
+        return [name for name, method in METHODS.items() if self.task in method.tasks
+                and (method.train is None or self.training_data is not None or name in self.trained)]
 
     def stats_layers(self, names: Iterable[str]) -> Tuple[str, ...]:
         """The layers whose statistics the methods ``names`` need, each once."""
-        needed = {"bottleneck": (self.layer,), "multilayer": self.multilayer_layers, "": ()}
+        needed = {"bottleneck": (self.layer,), "multilayer": self.multilayer_layers,
+                  "readout": (self.layer, *self.readout_layers), "": ()}
         return tuple(dict.fromkeys(layer for name in names for layer in needed[METHODS[name].layers]))
+
+    def train(self, name: str) -> Any:
+        """The trained state of the learning method ``name``: given (``trained=``), or trained
+        now on ``training_data`` (once; later calls return it).
+
+        Raises:
+            ValueError: ``name`` learns nothing, or there is no training data.
+        """
+        if name not in self.trained:
+            method = METHODS.get(name)
+            if method is None or method.train is None:
+                raise ValueError(f"method {name!r} learns nothing: it has no train hook")
+            if self.training_data is None:
+                raise ValueError(f"method {name!r} needs training: pass MethodSuite(training_data=...) "
+                                 f"or trained={{{name!r}: ...}}")
+            self.trained[name] = method.train(self)
+        return self.trained[name]
+
+    def load_trained(self, name: str, path: Union[str, os.PathLike]) -> Any:
+        """Restore the trained state of ``name`` that its ``save(path)`` wrote (``Method.load``)."""
+        method = METHODS.get(name)
+        if method is None or method.load is None:
+            raise ValueError(f"method {name!r} has no trained state to load")
+        self.trained[name] = method.load(self, path)
+        return self.trained[name]
 
     def module(self, name: str, model: Optional[nn.Module] = None) -> nn.Module:
         """The submodule called ``name`` of ``model`` (default: the suite's model)."""
@@ -367,5 +367,5 @@ class MethodSuite:
         if method.attribution is not None:
             maps = self._built[name](images, target, seed=seed, **options)
         else:
-            maps = self._built[name](images, _baseline_target(target, images), **options)
+            maps = self._built[name](images, baseline_target(target, images), **options)
         return as_map_batch(maps, images.shape[0]).detach()

@@ -265,3 +265,27 @@ def test_bad_input():
         readout.attribute(x, target=0, reduce="mean")
     with pytest.raises(ValueError, match="estimated for features of shape"):
         readout.attribute(torch.randn(1, 3, 16, 16), target=0)
+
+
+def test_first_pass_cache_trains_the_same_readout_with_one_first_pass():
+    model = TwoReaders()
+    data = [{"image": _findings(8, seed), "labels": torch.tensor([[0.0, 1.0, 1.0]] * 4 + [[0.0, 0.0, 1.0]] * 4)}
+            for seed in range(3)]
+    calls = []
+    model.features.register_forward_hook(lambda *_: calls.append(1))
+    trained = {}
+    for cache in (False, True):
+        readout = _readout(model, loss="bce")
+        calls.clear()
+        history = readout.fit(data, epochs=3, lr=1e-2, seed=4, cache=cache, progress=False)
+        trained[cache] = (readout.network.state_dict(), [h["loss"] for h in history], len(calls))
+    (uncached, losses, passes), (cached, cached_losses, cached_passes) = trained[False], trained[True]
+    assert all(torch.equal(uncached[k], cached[k]) for k in uncached) and losses == cached_losses
+    assert cached_passes * 3 == passes  # the model ran in the first epoch only
+    # A shuffling DataLoader yields other batches every epoch: "auto" leaves the cache off.
+    loader = torch.utils.data.DataLoader(torch.cat([d["image"] for d in data]), batch_size=8, shuffle=True)
+    readout, calls[:] = _readout(model, loss="bce"), []
+    readout.fit(loader, epochs=2, target=1, seed=0, progress=False)
+    assert len(calls) == 2 * passes // 3
+    with pytest.raises(ValueError, match="cache must be"):
+        readout.fit(data, cache="yes", progress=False)

@@ -22,10 +22,10 @@ import torch
 from .._files import NO_SPACE, error_line
 from ..cxr.checkpoints import TASKS
 from ..cxr.training import LOSSES
-from ..methods import DEFAULT_THRESHOLD, METHODS
+from ..methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
 from ..objectives import REGRESSION_LOSSES
 from .commands import run_demo, run_evaluate, run_train
-from .plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_STEPS
+from .plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_READOUT_IMAGES, DEFAULT_STEPS
 from .sources import DATASETS, HELD_OUT_PHANTOM_SEED
 from .store_verify import add_verify_arguments, run_verify
 
@@ -119,13 +119,23 @@ def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
 
     method = parser.add_argument_group("method options")
     method.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
-    method.add_argument("--beta", type=float, metavar="B", help="weight of the information loss (default: the method's)")
+    method.add_argument("--beta", type=float, metavar="B",
+                        help="weight of the information loss (default: the method's; IBA's 10, readout "
+                             f"{READOUT_TRAINING['beta']:g}: averaged over the phantom, beta 10 trains the readout "
+                             "to all-noise maps)")
     method.add_argument("--steps", type=int, metavar="N", help=f"optimisation steps (default {DEFAULT_STEPS})")
     method.add_argument("--noise-draws", type=int, metavar="N",
                         help=f"noise draws per image and step (default {DEFAULT_NOISE_DRAWS})")
     method.add_argument("--threshold", metavar="T", help=f"multilayer: 'top:F', 'otsu' or a value (default {DEFAULT_THRESHOLD})")
     method.add_argument("--loss", choices=list(REGRESSION_LOSSES),
                         help="regression: deviation (default), maximize, or mse against the item's score")
+    method.add_argument("--readout-epochs", type=int, metavar="N",
+                        help=f"readout: training epochs (default {READOUT_TRAINING['epochs']}); the readout is "
+                             "trained once per store, kept in it (OUT/readout/trained/readout.pt) and reused by a rerun")
+    method.add_argument("--readout-images", type=int, metavar="N",
+                        help=f"readout: training items (default {DEFAULT_READOUT_IMAGES}), from the data the "
+                             "statistics are estimated on (phantom: the embedded models' training images; real "
+                             "data: random train-split items), one row per positive label")
     method.add_argument("--stats", metavar="PATH",
                         help="saved FeatureStats: a file (one layer) or a folder of <layer>.pt files; "
                              "default: estimated by process 0 on training data")

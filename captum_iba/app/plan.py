@@ -13,16 +13,21 @@ from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 from ..maps import parse_threshold
-from ..methods import DEFAULT_THRESHOLD, METHODS
+from ..methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
 from ..objectives import REGRESSION_LOSSES
 from .sources import DATASETS, TASKS
 
-__all__ = ["Plan", "UsageError", "make_plan", "DEFAULT_STEPS", "DEFAULT_NOISE_DRAWS", "DEFAULT_REGRESSION_LOSS"]
+__all__ = ["Plan", "UsageError", "make_plan", "DEFAULT_STEPS", "DEFAULT_NOISE_DRAWS", "DEFAULT_REGRESSION_LOSS",
+           "DEFAULT_READOUT_IMAGES", "readout_layers"]
 
 #: Library defaults of the IBA options, written into a run's configuration.
 DEFAULT_STEPS, DEFAULT_NOISE_DRAWS = 10, 10
 DEFAULT_REGRESSION_LOSS = "deviation"
 DEFAULT_PHANTOM_IMAGES = 64
+#: Training items of the Readout Bottleneck (``--readout-images``).
+DEFAULT_READOUT_IMAGES = 256
+#: The options of ``attribute`` that belong to one method or family; refused for the others.
+METHOD_OPTIONS = ("layer", "beta", "steps", "noise_draws", "threshold", "loss", "readout_epochs", "readout_images")
 
 
 class UsageError(ValueError):
@@ -58,7 +63,8 @@ class Plan:
         Layers whose statistics the method needs (none for the baselines);
         empty until :meth:`with_layers` resolves them.
     options : dict
-        The method's options as the configuration records them.
+        The method's options as the configuration records them (a method
+        that learns: its training options too, and ``readout_layers``).
     embedded_overrides : dict
         Recipe overrides of the embedded model.
     """
@@ -77,11 +83,15 @@ class Plan:
     embedded_overrides: dict
     cam_layer: Optional[str] = None
 
-    def with_layers(self, layers) -> "Plan":
-        """This plan with the layers chosen for the loaded model (:class:`~captum_iba.app.sources.Layers`)."""
+    def with_layers(self, layers, readout_layers: Sequence[str] = ()) -> "Plan":
+        """This plan with the layers chosen for the loaded model (:class:`~captum_iba.app.sources.Layers`;
+        ``readout_layers``: the Readout Bottleneck's, for ``--method readout``)."""
         kind = METHODS[self.method].layers
-        stats_layers = {"bottleneck": (layers.bottleneck,), "multilayer": layers.multilayer, "": ()}[kind]
+        stats_layers = {"bottleneck": (layers.bottleneck,), "multilayer": layers.multilayer, "": (),
+                        "readout": tuple(dict.fromkeys((layers.bottleneck, *readout_layers)))}[kind]
         options = {**self.options, "layers": list(stats_layers)} if self.options else {}
+        if kind == "readout":
+            options["readout_layers"] = list(readout_layers)
         return replace(self, layer=layers.bottleneck, multilayer=layers.multilayer, cam_layer=layers.cam,
                        stats_layers=stats_layers, options=options)
 
@@ -89,6 +99,17 @@ class Plan:
     def task(self) -> str:
         """The method suite's task: ``"regression"`` for the score regressor, else ``"classification"``."""
         return "regression" if self.label_key is None else "classification"
+
+
+def readout_layers(model, input_size: int, bottleneck: str) -> Tuple[str, ...]:
+    """The Readout Bottleneck's readout layers in ``model``: every DenseNet dense block or ResNet stage
+    (:func:`~captum_iba.cxr.layers.bottleneck_candidates`), else the bottleneck alone."""
+    from ..cxr.layers import bottleneck_candidates
+
+    try:
+        return tuple(name for name, _ in bottleneck_candidates(model, input_size)) or (bottleneck,)
+    except ValueError:  # no stage to read
+        return (bottleneck,)
 
 
 def refuse(args: argparse.Namespace, names: Sequence[str], reason: str) -> None:
@@ -189,8 +210,9 @@ MAX_SIZE, MAX_BATCH_SIZE = 4096, 4096
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for name in ("images", "size", "steps", "noise_draws", "batch_size", "threads"):
-        at_least(name.replace("_", "-"), getattr(args, name))
+    for name in ("images", "size", "steps", "noise_draws", "batch_size", "threads", "readout_epochs",
+                 "readout_images"):
+        at_least(name.replace("_", "-"), getattr(args, name, None))
     at_least("stats-samples", args.stats_samples, 2)
     at_least("workers", args.workers, 0)
     at_most("size", args.size, MAX_SIZE, "pixels per side")
@@ -208,6 +230,10 @@ def _method_options(args: argparse.Namespace, applies: Sequence[str], bottleneck
     """The IBA-family options as the configuration records them (none for the other methods)."""
     if not bottleneck:
         return {}
+    if "readout_epochs" in applies:  # the Readout Bottleneck: trained once per store with these
+        return {"layers": [], "beta": READOUT_TRAINING["beta"] if args.beta is None else args.beta,
+                "readout_epochs": args.readout_epochs or READOUT_TRAINING["epochs"],
+                "readout_images": args.readout_images or DEFAULT_READOUT_IMAGES, "readout_lr": READOUT_TRAINING["lr"]}
     options = {"layers": [], "beta": args.beta, "steps": args.steps or DEFAULT_STEPS,
                "noise_draws": args.noise_draws or DEFAULT_NOISE_DRAWS}
     if "threshold" in applies:
@@ -233,8 +259,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if regression:
         refuse(args, ("target",), f"to --method {args.method} (one output, recorded as target -1)")
     reason = f"to --method {args.method}"
-    refuse(args, [o for o in ("layer", "beta", "steps", "noise_draws", "threshold", "loss") if o not in method.options],
-           reason)
+    refuse(args, [o for o in METHOD_OPTIONS if o not in method.options], reason)
     if args.stats is not None and not method.layers:
         raise UsageError(f"--stats does not apply {reason}: it needs no feature statistics")
     if method.layers != "multilayer":

@@ -141,7 +141,9 @@ def _where(results: dict) -> str:
     h, w = layers.get("grid", ("?", "?"))
     return (f"Bottleneck of IBA, Inverse IBA and Regression IBA: `{layers['bottleneck']}`, a {h}x{w} grid "
             f"(the stage whose map is closest to the paper's 14x14 at this image size); Multi-layer IBA: "
-            f"{', '.join(f'`{n}`' for n in layers['multilayer'])}; Grad-CAM: `{layers['cam']}`.")
+            f"{', '.join(f'`{n}`' for n in layers['multilayer'])}; Grad-CAM: `{layers['cam']}`."
+            + (f" Readout IBA: the same bottleneck, alpha predicted from {', '.join(f'`{n}`' for n in layers['readout'])}."
+               if layers.get("readout") else ""))
 
 
 def _table2(results: dict):
@@ -273,21 +275,37 @@ def _cue(results: dict):
 
 def _timings(results: dict):
     timings: Dict[str, dict] = {}
+    trained: List[str] = []
     for study in ("nih", "detectors", "regression"):
-        for key, value in results.get(study, {}).get("scores", {}).items():
+        part = results.get(study, {})
+        for key, value in part.get("scores", {}).items():
             if key != "random":
                 row = timings.setdefault(method_label(key), {})
                 row[study] = value["seconds_per_map"]
                 row[f"{study} first call"] = value.get("warmup_seconds")
+                training = part.get("training", {}).get(key)
+                if training and training.get("training_seconds") is not None:
+                    # A learning method's training, spread over the study's maps.
+                    spread = training["training_seconds"] / part["pairs"]
+                    row[f"{study} incl. training"] = value["seconds_per_map"] + spread
+                    trained.append(f"{method_label(key)} in the {study} study: {training['rows']} rows x "
+                                   f"{training['epochs']} epochs, {training['training_seconds']:.1f} s")
     if not timings:
         return [], []
     studies = [s for s in ("nih", "detectors", "regression") if any(s in row for row in timings.values())]
-    return ["## Seconds per map", "",
-            markdown_table(timings, [c for s in studies for c in (s, f"{s} first call")]), "",
-            "Seconds per map of the batched run after one warm-up call per method (on one image); the "
-            "warm-up call's own seconds (tracing, first allocations) are the \"first call\" columns. "
-            "Batched where the method batches (the IBA family, Captum's methods); TorchRay's "
-            "extremal perturbation takes one image at a time.", ""], []
+    columns = [c for s in studies for c in (s, f"{s} first call", f"{s} incl. training")
+               if not c.endswith("incl. training") or any(c in row for row in timings.values())]
+    lines = ["## Seconds per map", "", markdown_table(timings, columns), "",
+             "Seconds per map of the batched run after one warm-up call per method (on one image); the "
+             "warm-up call's own seconds (tracing, first allocations) are the \"first call\" columns. "
+             "Batched where the method batches (the IBA family, Captum's methods); TorchRay's "
+             "extremal perturbation takes one image at a time.", ""]
+    if trained:
+        lines += ["A method that learns before it explains is trained once per model on the study's estimation "
+                  "items (one row per positive label; a second report loads it from the cache): "
+                  + "; ".join(trained) + ". \"incl. training\" adds the training seconds divided by the study's "
+                  "maps; without it, a map costs one forward pass.", ""]
+    return lines, []
 
 
 def _figures(results: dict):

@@ -4,9 +4,10 @@ The dataset's items, in their fixed order, are cut into batches
 (:mod:`captum_iba.app.distributed`). Process 0 sets the run up -- it checks the
 output folder, loads the model, takes the method's writer lock (held until
 the run ends; the other processes check that their run holds it), opens the
-store (refusing a changed configuration) and loads or estimates the feature
-statistics -- and shares the model, the items and the statistics with the
-others. Every process then
+store (refusing a changed configuration), loads or estimates the feature
+statistics and, for a method that learns (``--method readout``), loads or
+trains it (once per store: ``OUT/<method>/trained/<method>.pt``) -- and shares
+the model, the items and the statistics with the others. Every process then
 computes its batches that are not done yet and writes them to the store
 (:mod:`captum_iba.app.store`): a rerun of the same command completes what is
 missing.
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from ..cxr import PhantomCXR, collate
 from ..methods import METHODS, MethodSuite
 from ..stats import FeatureStats, estimate_stats
 from .distributed import Processes, SetupFailed, Shard, batch_seed, determinism, shard
-from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan
+from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan, readout_layers
 from .sources import (DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, image_size, open_dataset,
                       open_model)
 from .store import BatchWriter, MethodStore, StoreError, check_out_dir, check_writer, open_method_store, writer_lock
@@ -75,18 +76,20 @@ def _data_identity(args: argparse.Namespace, plan: Plan, items: Dataset, size: i
             "ids_sha256": hashlib.sha256(ids.encode()).hexdigest()}
 
 
-def _estimation_source(args: argparse.Namespace, plan: Plan) -> str:
+def _estimation_source(args: argparse.Namespace, plan: Plan, n: int = None) -> str:
     if DATASETS[args.dataset].generated:
         return f"phantom {plan.data_task} seed {TRAINING_PHANTOM_SEED} (the embedded models' training images)"
-    return f"{args.dataset} train split, {args.stats_samples} random items (seed 0)"
+    return f"{args.dataset} train split, {args.stats_samples if n is None else n} random items (seed 0)"
 
 
-def _estimation_data(args: argparse.Namespace, plan: Plan, size: int) -> Dataset:
-    """Training images to estimate the statistics on (see :func:`_estimation_source`)."""
+def _estimation_data(args: argparse.Namespace, plan: Plan, size: int, n: int = None) -> Dataset:
+    """``n`` (default ``--stats-samples``) training images to estimate the statistics on (see
+    :func:`_estimation_source`), or to train a method on."""
+    n = args.stats_samples if n is None else n
     if DATASETS[args.dataset].generated:
-        return PhantomCXR(args.stats_samples, size=size, seed=TRAINING_PHANTOM_SEED, task=plan.data_task)
+        return PhantomCXR(n, size=size, seed=TRAINING_PHANTOM_SEED, task=plan.data_task)
     train = open_dataset(args.dataset, args.root, size=size, split="train")
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.stats_samples]
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
     return Subset(train, pick.tolist())
 
 
@@ -140,6 +143,7 @@ class Setup:
     config_hash: str
     done: set
     run_id: str
+    trained_path: Optional[str] = None
 
 
 def _config(args: argparse.Namespace, plan: Plan, model: nn.Module, items: Dataset, size: int,
@@ -149,9 +153,15 @@ def _config(args: argparse.Namespace, plan: Plan, model: nn.Module, items: Datas
     if plan.stats_layers:
         stats_identity = ({"sha256": _stats_digest(given)} if given else
                           {"estimated_from": _estimation_source(args, plan), "samples": args.stats_samples})
+    training = {}
+    if METHODS[plan.method].train is not None:  # the items the method learns from, recorded with its options
+        n = plan.options["readout_images"]
+        training = {"training": {"data": _estimation_source(args, plan, n), "items": n, "labels": plan.label_key,
+                                 "seed": args.seed}}
     return {
         "method": plan.method,
         "options": plan.options,
+        **training,
         "model": {"task": plan.model_task, "weights_sha256": tensor_digest(model.state_dict())},
         "data": _data_identity(args, plan, items, size),
         "targets": list(plan.targets) if plan.targets else ("single output" if plan.label_key is None else
@@ -173,7 +183,8 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: co
     out = check_out_dir(args.out)  # before the model, which may take minutes to train
     model = open_model(plan.model_task, args.checkpoint, **plan.model, **plan.embedded_overrides)
     size = image_size(model, args.size)
-    plan = plan.with_layers(choose_layers(model, size, plan.layer, plan.multilayer))
+    layers = choose_layers(model, size, plan.layer, plan.multilayer)
+    plan = plan.with_layers(layers, readout_layers(model, size, layers.bottleneck))
     items = _items(args, plan, size)
     given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None
     config = _config(args, plan, model, items, size, given)
@@ -190,7 +201,35 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: co
     if stats is None:
         stats = given or _estimate_stats(model.to(device), args, plan, size, device)
         store.save_stats(stats)
-    return Setup(plan, model.cpu(), items, stats, store.config_hash, done, run_id)
+    trained = _trained(model.to(device), args, plan, stats, store, size, device) if METHODS[plan.method].train else None
+    return Setup(plan, model.cpu(), items, stats, store.config_hash, done, run_id, trained)
+
+
+def _trained(model: nn.Module, args: argparse.Namespace, plan: Plan, stats: Dict[str, FeatureStats],
+             store: MethodStore, size: int, device: torch.device) -> str:
+    """The method's trained state in the store: trained and saved by the store's first run, checked and
+    reused by the later ones (a rerun never trains again)."""
+    path = store.folder / "trained" / f"{plan.method}.pt"
+    suite = _suite(model, plan, stats, seed=args.seed)
+    if path.is_file():
+        try:
+            suite.load_trained(plan.method, path)
+        except ValueError as error:
+            raise StoreError(f"{error}; rerun with --overwrite to train it again") from error
+        print(f"captum-iba attribute: {plan.method}: reusing the trained state in {path}", flush=True)
+        return str(path)
+    n, epochs = plan.options["readout_images"], plan.options["readout_epochs"]
+    loader = DataLoader(_estimation_data(args, plan, size, n), batch_size=32, collate_fn=collate,
+                        num_workers=args.workers)
+    suite.training_data = [(batch["image"].to(device), batch[plan.label_key]) for batch in loader]  # read once
+    started = time.perf_counter()
+    state = suite.train(plan.method)
+    seconds = time.perf_counter() - started
+    path.parent.mkdir(exist_ok=True)
+    state.save(path)
+    print(f"captum-iba attribute: {plan.method}: trained on {n} items x {epochs} epochs in {seconds:.1f} s, "
+          f"kept in {path}", flush=True)
+    return str(path)
 
 
 def _attach(out: str, plan: Plan, config_hash: str, rank: int) -> MethodStore:
@@ -240,15 +279,21 @@ def _attribute_batch(suite: MethodSuite, plan: Plan, batch: dict, rows: Sequence
     return suite.attribute(plan.method, images, target, seed=seed, **options).cpu().numpy()
 
 
-def _suite(model: nn.Module, plan: Plan, stats: Dict[str, FeatureStats]) -> MethodSuite:
+def _suite(model: nn.Module, plan: Plan, stats: Dict[str, FeatureStats], seed: int = 0) -> MethodSuite:
+    """The suite of the run's method (``seed``: of a training, for a method that learns)."""
+    layers = {"layer": plan.layer, "multilayer_layers": plan.multilayer, "cam_layer": plan.cam_layer}
+    if METHODS[plan.method].train is not None:  # the Readout Bottleneck, with its training options
+        o = plan.options
+        training = {"epochs": o["readout_epochs"], "lr": o["readout_lr"], "beta": o["beta"], "seed": seed}
+        return MethodSuite(model, task=plan.task, stats=stats, readout_layers=o["readout_layers"],
+                           training_options={plan.method: training}, **layers)
     iba_options = {}
     if plan.options:
         iba_options = {"steps": plan.options["steps"], "noise_draws": plan.options["noise_draws"]}
         if plan.options["beta"] is not None:
             iba_options["beta"] = plan.options["beta"]
     threshold = {"multilayer_threshold": plan.options["threshold"]} if "threshold" in plan.options else {}
-    return MethodSuite(model, task=plan.task, stats=stats, iba_options=iba_options, layer=plan.layer,
-                       multilayer_layers=plan.multilayer, cam_layer=plan.cam_layer, **threshold)
+    return MethodSuite(model, task=plan.task, stats=stats, iba_options=iba_options, **layers, **threshold)
 
 
 @dataclass
@@ -286,6 +331,8 @@ def attribute_shard(args: argparse.Namespace, plan: Plan, setup: Setup, processe
     device = processes.device
     model = setup.model.to(device)
     suite = _suite(model, plan, setup.stats)
+    if setup.trained_path is not None:
+        suite.load_trained(plan.method, setup.trained_path)
     pending = _Pending(shard(len(setup.items), args.batch_size, processes.rank, processes.world), setup.done)
     loader = DataLoader(setup.items, batch_sampler=pending, collate_fn=collate, num_workers=args.workers)
     tally = Tally()

@@ -2,7 +2,8 @@
 
 * :func:`nih_study` -- the 8-finding classifier: every method's map per
   (image, finding) pair scored by IoU (Table 1), the pointing game and
-  insertion/deletion AUC (Fig. 2); Inverse IBA vs IBA on findings drawn in two
+  insertion/deletion AUC (Fig. 2), Readout IBA included (trained on the
+  estimation items, see :func:`trained_suite`); Inverse IBA vs IBA on findings drawn in two
   places (Fig. 1); Inverse IBA with BCE vs weighted BCE (Table 3).
 * :func:`detector_study` -- BrixIA's three detectors: IoU per detector (Table 2).
 * :func:`regression_study` -- the severity regressor: Regression IBA's losses
@@ -16,6 +17,7 @@ every study the inputs allow.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
@@ -24,9 +26,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import viz
-from ..cxr import DETECTORS, FINDINGS, evaluate
-from ..methods import METHODS, MethodSuite
+from .._hashing import tensor_digest
+from ..cxr import DETECTORS, FINDINGS, collate, evaluate
+from ..cxr._cache import cache_dir
+from ..methods import DEFAULT_LAYER, METHODS, MethodSuite
 from ..objectives import REGRESSION_LOSSES
+from .plan import readout_layers
 from .study_base import Figure, ReportInputs, images_of, study_suite
 from .evaluation import (
     EvaluationSettings,
@@ -42,7 +47,7 @@ from .evaluation import (
 )
 
 __all__ = ["run_studies", "nih_study", "detector_study", "regression_study",
-           "method_label"]
+           "method_label", "trained_suite"]
 
 # Fewer pairs than this leave a claim "not measurable here".
 MIN_CLAIM_PAIRS = 8
@@ -84,14 +89,16 @@ def nih_study(inputs, results, figures, settings, progress, log) -> None:
     if missing:  # a model of the user's own may lack outputs for some findings: nothing to explain there
         pairs = pairs.subset([i for i, k in enumerate(pairs.targets.tolist()) if FINDINGS[k] not in missing])
     log(f"NIH-like study: {len(pairs)} (image, finding) pairs from {inputs.images} images with findings")
-    suite = study_suite(model, "classification", inputs.nih_estimation, inputs, progress)
+    suite, training = trained_suite(model, inputs.nih_estimation, "labels", inputs, progress, log,
+                                    unused=[FINDINGS.index(name) for name in missing])
     failed: Dict[str, str] = {}
     maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress)
     results["layers"] = {"bottleneck": suite.layer, "multilayer": list(suite.multilayer_layers),
-                         "cam": suite.cam_layer, "grid": list(suite.stats[suite.layer].mean.shape[-2:])}
+                         "cam": suite.cam_layer, "grid": list(suite.stats[suite.layer].mean.shape[-2:]),
+                         "readout": list(suite.readout_layers) if "readout" in suite.names else []}
     results["nih"] = {"pairs": len(pairs), "images": inputs.images, "scores": scores,
-                      "missing_findings": list(missing), "failed": failed}
+                      "missing_findings": list(missing), "failed": failed, "training": training}
     log("  mean IoU: " + ", ".join(f"{METHODS[k].label} {v['iou']:.3f}" for k, v in scores.items()))
     _figure_methods(figures, "fig4_methods", pairs, maps, count=4)
     figures["fig2_insertion_deletion"] = Figure(
@@ -140,6 +147,75 @@ def _weighted_bce_study(inputs, results, model, pairs, scores, settings, progres
     }
 
 
+def trained_suite(model, estimation, label_key: str, inputs: ReportInputs, progress, log, unused=()):
+    """A classification study's suite with its learning methods (Readout IBA) trained, and their records.
+
+    They learn from the estimation items (all of them, batches of 32; one row
+    per positive ``label_key``, the columns ``unused`` left out: outputs the
+    model lacks) with ``inputs.suite_options["training_options"]`` (else the
+    registry's defaults), reading every stage of the model. A trained state is
+    kept in the user's cache (``<cache>/trained/<method>-<key>.pt``), keyed by
+    the model's weights, the statistics, the options and the training items,
+    so that a second report loads it instead of training again.
+
+    Returns
+    -------
+    (MethodSuite, dict)
+        The suite, and per learning method ``{"training_seconds", "epochs",
+        "rows"}`` (the seconds of its training, also when loaded).
+    """
+    batches = []
+    for batch in torch.utils.data.DataLoader(estimation, batch_size=32, collate_fn=collate):
+        labels = batch[label_key].float().clone()
+        labels[:, list(unused)] = 0
+        batches.append((batch["image"], labels))
+    size = batches[0][0].shape[-1]
+    suite = study_suite(model, "classification", estimation, inputs, progress, training_data=batches,
+                        readout_layers=readout_layers(model, size, inputs.suite_options.get("layer", DEFAULT_LAYER)))
+    records = {}
+    for name in (n for n in suite.names if METHODS[n].train is not None):
+        path = cache_dir() / "trained" / f"{name}-{_training_key(suite, name, batches)}.pt"
+        loaded = path.is_file() and _load_cached(suite, name, path)
+        state = suite.train(name)
+        if not loaded:
+            _save_cached(state, path)
+        history = getattr(state, "history", [])
+        records[name] = {"training_seconds": getattr(state, "training_seconds", None), "epochs": len(history),
+                         "rows": history[-1]["rows"] if history else None}
+        log(f"  {METHODS[name].label}: {'loaded from the cache' if loaded else 'trained'} "
+            f"({records[name]['training_seconds']:.1f} s of training)")
+    return suite, records
+
+
+def _training_key(suite: MethodSuite, name: str, batches) -> str:
+    """What determines a trained state: the model's weights, the statistics, the options, the items."""
+    stats = {f"stats/{layer}.{key}": getattr(suite.stats[layer], key)
+             for layer in suite.stats_layers([name]) for key in ("mean", "m2", "nonzero")}
+    data = {f"data/{i}.{j}": tensor for i, batch in enumerate(batches) for j, tensor in enumerate(batch)}
+    text = repr((name, suite.layer, suite.readout_layers, sorted(suite.training_options.get(name, {}).items())))
+    weights = {f"model/{key}": value for key, value in suite.model.state_dict().items()}
+    return tensor_digest({**stats, **data, **weights}, prefix=text)[:16]
+
+
+def _load_cached(suite: MethodSuite, name: str, path) -> bool:
+    try:
+        suite.load_trained(name, path)
+    except (ValueError, OSError) as error:
+        warnings.warn(f"ignoring the unreadable cache file {path} ({error}); it will be trained again",
+                      RuntimeWarning)
+        return False
+    return True
+
+
+def _save_cached(state, path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state.save(path)
+    except OSError as error:  # the cache only saves training: go on without it
+        warnings.warn(f"could not cache the trained method ({path}: {error}); it will be trained again next time",
+                      RuntimeWarning)
+
+
 def _classifier_quality(model, dataset) -> dict:
     quality = evaluate(model, dataset, target="labels")
     return {"mean_auc": quality["mean_auc"], "mean_ap": quality["mean_ap"]}
@@ -153,11 +229,11 @@ def detector_study(inputs, results, figures, settings, progress, log) -> None:
     model = inputs.models["brixia_detectors"]
     pairs = detector_pairs(inputs.brixia, items_with(inputs.brixia, "detectors", inputs.images), DETECTORS)
     log(f"BrixIA-like detector study: {len(pairs)} (image, detector) pairs")
-    suite = study_suite(model, "classification", inputs.brixia_estimation, inputs, progress)
+    suite, training = trained_suite(model, inputs.brixia_estimation, "detectors", inputs, progress, log)
     failed: Dict[str, str] = {}
     maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress, perturbation=False)
-    results["detectors"] = {"pairs": len(pairs), "scores": scores, "failed": failed}
+    results["detectors"] = {"pairs": len(pairs), "scores": scores, "failed": failed, "training": training}
 
 
 def regression_study(inputs, results, figures, settings, progress, log) -> None:

@@ -14,100 +14,32 @@ where ``Z = lambda * F + (1 - lambda) * eps`` and ``L_I`` is the mean KL
 capacity (the functions of :mod:`captum_iba.bottleneck`). After training a map
 costs one forward pass to the deepest readout layer: no optimisation loop.
 
-The network follows the reference implementation (``IBAReadout`` in
-BioroboticsLab/IBA): conv 1x1 -> ReLU -> conv 1x1 -> ReLU -> conv 1x1, the
-last layer initialised near zero so that training starts at ``alpha =
-init_alpha``, where IBA's loop starts. The reference clamps ``alpha`` to
-[-5, 5]; a hard clamp passes no gradient to a unit beyond it, and a readout
-that starts at the bound can stay there (one toy run in three did). Here the
-bound is soft, ``alpha = bound * tanh(a / bound)`` with ``bound = 10``.
-The target class enters explicitly: a one-hot map of the target concatenated
-to the readout input (a per-class bias of the first convolution, stored as
-such) and a per-class gain on the second hidden layer, so that each class can
-pick its own units (with the bias alone the toy's two findings got nearly the
-same map). The reference read the model's logits as one more layer; they say
-which classes the model sees, not which one the user asks about, and a
-multilabel image has several.
+The network, and how the target enters it: :class:`~captum_iba.attr._readout_parts.ReadoutNetwork`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
+import time
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._files import atomic_path
 from .._validate import check_number
 from ..bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features, to_bits
 from ..objectives import get_objective
-from ..split import capture_layer_outputs, check_layer_in_model, frozen_model, owning_module
+from ..split import capture_layer_outputs, frozen_model
 from ..stats import FeatureStats, estimate_stats
-from ._base import (
-    BottleneckAttribution,
-    _feature_stats,
-    check_stats,
-    format_additional_args,
-    format_inputs,
-    format_target,
-)
+from ._base import BottleneckAttribution, _feature_stats, format_additional_args, format_inputs, format_target
+from ._readout_parts import (FirstPasses, ReadoutNetwork, check_readout_layers, check_readout_stats, check_shape,
+                             check_target, inputs_and_labels, read_readout, readout_maps, same_batches,
+                             training_rows, write_readout)
 
-_FORMAT = "captum_iba.ReadoutIBA/1"
-_STATS_KEYS = ("mean", "m2", "nonzero")
-# Options that define the map of a trained readout: saved with it and restored by load().
-_MAP_OPTIONS = ("sigma", "min_std", "init_alpha", "active_neurons_threshold", "beta", "noise_draws", "relu")
-
-
-class ReadoutNetwork(nn.Module):
-    """Three 1x1 convolutions from readout features (and a target) to ``alpha``.
-
-    Args:
-        in_channels (int): channels of the stacked, normalised readout maps.
-        out_channels (int): channels of the bottleneck layer.
-        n_targets (int): number of model outputs the target may pick; 0 for
-            an unconditioned readout (a single-output model).
-        hidden (tuple of int): widths of the two hidden layers.
-        init_alpha (float): initial ``alpha`` everywhere.
-        alpha_bound (float): ``alpha = bound * tanh(a / bound)``, > ``|init_alpha|``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, n_targets: int,
-                 hidden: Tuple[int, int], init_alpha: float, alpha_bound: float) -> None:
-        super().__init__()
-        self.config = dict(in_channels=in_channels, out_channels=out_channels, n_targets=n_targets,
-                           hidden=tuple(hidden), init_alpha=init_alpha, alpha_bound=alpha_bound)
-        self.conv1 = nn.Conv2d(in_channels, hidden[0], 1)
-        # A one-hot target map through conv1 is a per-class bias: store just that. A
-        # per-class gain on the second hidden layer lets each class pick its units.
-        self.target_bias = nn.Embedding(n_targets, hidden[0]) if n_targets else None
-        self.target_gain = nn.Embedding(n_targets, hidden[1]) if n_targets else None
-        if n_targets:
-            nn.init.zeros_(self.target_bias.weight)
-            nn.init.ones_(self.target_gain.weight)
-        self.conv2 = nn.Conv2d(hidden[0], hidden[1], 1)
-        self.conv3 = nn.Conv2d(hidden[1], out_channels, 1)
-        with torch.no_grad():  # start at alpha = init_alpha, IBA's starting point
-            self.conv3.weight.mul_(1e-3)
-            self.conv3.bias.fill_(alpha_bound * math.atanh(init_alpha / alpha_bound))
-        self.alpha_bound = alpha_bound
-
-    def forward(self, readout: Tensor, target: Optional[Tensor]) -> Tensor:
-        """``alpha`` of shape ``(N, out_channels, h, w)`` from ``readout`` ``(N, in_channels, h, w)``."""
-        hidden = self.conv1(readout)
-        if self.target_bias is not None:
-            hidden = hidden + self.target_bias(target)[:, :, None, None]
-        hidden = F.relu(self.conv2(F.relu(hidden)))
-        if self.target_gain is not None:
-            hidden = hidden * self.target_gain(target)[:, :, None, None]
-        alpha = self.conv3(hidden)
-        return self.alpha_bound * torch.tanh(alpha / self.alpha_bound)
-
+__all__ = ["ReadoutIBA", "ReadoutNetwork"]
 
 class ReadoutIBA(BottleneckAttribution):
     r"""Readout Bottleneck: IBA maps from a trained network, one forward pass per map.
@@ -179,8 +111,8 @@ class ReadoutIBA(BottleneckAttribution):
             init_alpha=init_alpha, active_neurons_threshold=active_neurons_threshold, loss=loss,
             relu=relu, stats=stats, split=split,
         )
-        self.readout_layers = _check_readout_layers(forward_func, readout_layers)
-        self.readout_stats = _check_readout_stats(readout_stats, len(self.readout_layers))
+        self.readout_layers = check_readout_layers(forward_func, readout_layers)
+        self.readout_stats = check_readout_stats(readout_stats, len(self.readout_layers))
         if hidden is not None and not (
             isinstance(hidden, (tuple, list)) and len(hidden) == 2
             and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)
@@ -217,38 +149,22 @@ class ReadoutIBA(BottleneckAttribution):
         features, *readouts = capture_layer_outputs(
             self.forward_func, [self.layer, *self.readout_layers], inputs, args
         )
-        _check_shape(self.stats, features, "stats", "layer")
-        grid, maps = features.shape[-2:], []
-        for i, (readout, stats) in enumerate(zip(readouts, self.readout_stats)):
-            _check_shape(stats, readout, f"readout_stats[{i}]", f"readout_layers[{i}]")
-            mean = stats.mean.to(device=readout.device, dtype=readout.dtype)
-            std = stats.std(self.options.min_std).to(device=readout.device, dtype=readout.dtype)
-            normalised = (readout - mean) / std
-            if normalised.shape[-2:] != grid:
-                normalised = F.interpolate(normalised, size=grid, mode="bilinear", align_corners=False)
-            maps.append(normalised)
-        return features, torch.cat(maps, 1)
+        check_shape(self.stats, features, "stats", "layer")
+        return features, readout_maps(readouts, self.readout_stats, self.options.min_std, features.shape[-2:])
 
     def _lambda(self, readout: Tensor, target: Optional[Tensor]) -> Tensor:
         return lambda_from_alpha(self.network(readout, target), self.options.sigma)
 
     def _target(self, target, n: int, device) -> Optional[Tensor]:
         """Captum's target as (n,) indices, checked against the trained readout's outputs."""
-        target = format_target(target, n, device)
-        n_targets = self.network.config["n_targets"]
-        if target is None and n_targets:
-            raise ValueError(
-                f"target is required: the readout was trained on a model with {n_targets} outputs"
-            )
-        if target is not None and n_targets and ((target < 0) | (target >= n_targets)).any():
-            raise ValueError(
-                f"target indices must lie in [0, {n_targets - 1}] for a model with {n_targets} "
-                f"outputs, got {target.tolist()}"
-            )
-        # A single-output model has nothing to condition on: any valid target is that output.
-        return target if n_targets else None
+        return check_target(format_target(target, n, device), self.network.config["n_targets"])
 
     # ------------------------------------------------------------------ training
+
+    @property
+    def training_seconds(self) -> float:
+        """Wall time of every epoch trained so far (``self.history``), also across save/load."""
+        return float(sum(record.get("seconds", 0.0) for record in self.history))
 
     def fit(
         self,
@@ -258,6 +174,7 @@ class ReadoutIBA(BottleneckAttribution):
         lr: float = 1e-3,
         seed: Optional[int] = None,
         progress: bool = True,
+        cache: Union[bool, str] = "auto",
     ) -> List[dict]:
         """Train the readout network with IBA's objective, averaged over ``data``.
 
@@ -283,10 +200,19 @@ class ReadoutIBA(BottleneckAttribution):
             lr (float): Adam's learning rate (default 1e-3).
             seed (int, optional): seed of the noise draws.
             progress (bool): progress bar over the batches.
+            cache (bool or "auto"): keep the clean first pass of every batch
+                (bottleneck features, readout maps) from the first epoch and
+                train the later epochs of this call on it: the same result
+                in about half the time per epoch, when ``data`` yields the
+                same batches every epoch. ``"auto"`` (default): for a list or
+                tuple, or a DataLoader that does not shuffle. Given up (and
+                the first pass run every epoch) past
+                :data:`~captum_iba.attr._readout_parts.FIRST_PASS_CACHE_BYTES` (2 GiB).
 
         Returns:
             list of dict: per epoch of this call, ``loss``, ``model_loss`` and
-            ``information_loss`` (nats, mean over training rows) and ``rows``.
+            ``information_loss`` (nats, mean over training rows), ``rows``
+            and ``seconds`` (the epoch's wall time).
             The whole record is ``self.history``.
 
         Raises:
@@ -303,40 +229,57 @@ class ReadoutIBA(BottleneckAttribution):
         ):
             target = format_target(target, len(target), "cpu")  # one per sample of data
         generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
+        if cache not in (True, False, "auto"):
+            raise ValueError(f"cache must be True, False or 'auto', got {cache!r}")
+        passes = FirstPasses() if (cache is True or cache == "auto" and same_batches(data)) else None
         records = []
         with frozen_model(self.forward_func):
             for _ in range(epochs):
-                records.append(self._train_epoch(data, target, lr, generator, progress))
+                records.append(self._train_epoch(data, target, lr, generator, progress, passes))
         self.history.extend(records)
         return records
 
-    def _train_epoch(self, data, target, lr: float, generator, progress: bool) -> dict:
+    def _train_epoch(self, data, target, lr: float, generator, progress: bool, passes) -> dict:
+        started = time.perf_counter()
         objective = get_objective(self.options.loss, self._losses)
-        per_sample = isinstance(target, Tensor) and target.dim() == 1
-        totals, rows, offset = torch.zeros(3, dtype=torch.float64), 0, 0
+        totals, rows = torch.zeros(3, dtype=torch.float64), 0
         description = f"ReadoutIBA epoch {self.epochs_trained + 1}"
+        if passes is not None and passes.complete:
+            batches = tqdm(passes.entries, disable=not progress, desc=description, leave=False)
+        else:
+            batches = self._first_passes(data, target, lr, generator, progress, description, passes)
+        for features, readout, context, batch_target in batches:
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
+            terms = self._step(features, readout, context, batch_target, objective, generator)
+            totals += terms * features.shape[0]
+            rows += features.shape[0]
+        if rows == 0:
+            raise ValueError("data yielded no training rows (no samples, or no positive labels)")
+        if passes is not None:
+            passes.complete = passes.entries is not None
+        self.epochs_trained += 1
+        loss, model_loss, information_loss = (totals / rows).tolist()
+        return dict(epoch=self.epochs_trained, loss=loss, model_loss=model_loss, information_loss=information_loss,
+                    rows=rows, seconds=time.perf_counter() - started)
+
+    def _first_passes(self, data, target, lr, generator, progress, description, passes):
+        """``(features, readout maps, context, target)`` of each training batch of ``data``, kept in ``passes``."""
+        per_sample, offset = isinstance(target, Tensor) and target.dim() == 1, 0
         for batch in tqdm(data, disable=not progress, desc=description, leave=False):
-            inputs, labels = _inputs_and_labels(batch)
+            inputs, labels = inputs_and_labels(batch)
             batch_target = target
             if per_sample:
                 batch_target = target[offset : offset + len(inputs)]
                 if len(batch_target) != len(inputs):
                     raise ValueError(f"target holds {len(target)} entries, but data yields more samples")
                 offset += len(inputs)
-            inputs, batch_target = _training_rows(inputs, batch_target, labels)
+            inputs, batch_target = training_rows(inputs, batch_target, labels)
             if inputs.shape[0]:
-                prepared = self._prepare(inputs, lr, generator)
-                for group in self._optimizer.param_groups:
-                    group["lr"] = lr
-                terms = self._step(*prepared, batch_target, objective, generator)
-                totals += terms * inputs.shape[0]
-                rows += inputs.shape[0]
-        if rows == 0:
-            raise ValueError("data yielded no training rows (no samples, or no positive labels)")
-        self.epochs_trained += 1
-        loss, model_loss, information_loss = (totals / rows).tolist()
-        return dict(epoch=self.epochs_trained, loss=loss, model_loss=model_loss,
-                    information_loss=information_loss, rows=rows)
+                entry = (*self._prepare(inputs, lr, generator), batch_target)
+                if passes is not None:
+                    passes.add(entry)
+                yield entry
 
     @torch.no_grad()
     def _prepare(self, inputs: Tensor, lr: float, generator):
@@ -452,19 +395,7 @@ class ReadoutIBA(BottleneckAttribution):
         """
         if self.network is None:
             raise ValueError("the readout is not trained: nothing to save (call fit(data) first)")
-        payload = {
-            "format": _FORMAT,
-            "layers": _layer_names(self.forward_func, [self.layer, *self.readout_layers]),
-            "network": dict(self.network.config, hidden=list(self.network.config["hidden"])),
-            "options": {name: getattr(self.options, name) for name in _MAP_OPTIONS},
-            "state": self.network.state_dict(),
-            "optimizer": self._optimizer.state_dict(),
-            "epochs_trained": self.epochs_trained,
-            "history": self.history,
-            "stats": [_stats_payload(s) for s in (self.stats, *self.readout_stats)],
-        }
-        with atomic_path(path) as temporary:
-            torch.save(payload, temporary)
+        write_readout(self, path)
 
     def load(self, path: Union[str, os.PathLike]) -> "ReadoutIBA":
         """Restore a readout written by :meth:`save` (``weights_only=True``); returns ``self``.
@@ -479,122 +410,9 @@ class ReadoutIBA(BottleneckAttribution):
             ValueError: the file is corrupt or not a ReadoutIBA file, or it
                 was trained at other layers (by name) than this instance's.
         """
-        payload = _read_payload(path)
-        names = _layer_names(self.forward_func, [self.layer, *self.readout_layers])
-        if names is not None and payload["layers"] is not None and names != payload["layers"]:
-            raise ValueError(
-                f"{os.fspath(path)!r} was trained with layer and readout_layers {payload['layers']}, "
-                f"this instance has {names}"
-            )
-        stats = [_stats_from_payload(entry, path) for entry in payload["stats"]]
-        if len(stats) != 1 + len(self.readout_layers):
-            raise ValueError(f"{os.fspath(path)!r} holds {len(stats) - 1} readout layers' statistics, "
-                             f"this instance has {len(self.readout_layers)} readout layers")
-        config = dict(payload["network"], hidden=tuple(payload["network"]["hidden"]))
-        network = ReadoutNetwork(**config)
-        network.load_state_dict(payload["state"])
-        optimizer = torch.optim.Adam(network.parameters())
-        optimizer.load_state_dict(payload["optimizer"])
+        payload, network, optimizer, stats = read_readout(self, path)
         self.options = dataclasses.replace(self.options, **payload["options"])
-        self.network, self._optimizer, self.alpha_bound = network, optimizer, config["alpha_bound"]
+        self.network, self._optimizer, self.alpha_bound = network, optimizer, network.config["alpha_bound"]
         self.stats, self.readout_stats = stats[0], stats[1:]
         self.epochs_trained, self.history = int(payload["epochs_trained"]), list(payload["history"])
         return self
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _check_readout_layers(forward_func, readout_layers) -> List[nn.Module]:
-    if isinstance(readout_layers, nn.Module) or not isinstance(readout_layers, (list, tuple)) \
-            or not readout_layers:
-        raise ValueError("readout_layers must be a non-empty list of modules")
-    for i, layer in enumerate(readout_layers):
-        check_layer_in_model(forward_func, layer, name=f"readout_layers[{i}]")
-    if len({id(layer) for layer in readout_layers}) != len(readout_layers):
-        raise ValueError("readout_layers must be distinct: a layer appears twice")
-    return list(readout_layers)
-
-
-def _check_readout_stats(readout_stats, n: int) -> Optional[List[FeatureStats]]:
-    if readout_stats is None:
-        return None
-    if not isinstance(readout_stats, (list, tuple)) or len(readout_stats) != n:
-        raise ValueError(f"readout_stats must hold one FeatureStats per readout layer ({n})")
-    return [check_stats(s, f"readout_stats[{i}]") for i, s in enumerate(readout_stats)]
-
-
-def _check_shape(stats: FeatureStats, output: Tensor, name: str, layer_name: str) -> None:
-    if stats.shape != tuple(output.shape[1:]):
-        raise ValueError(
-            f"{name} were estimated for features of shape {stats.shape}, but {layer_name} outputs "
-            f"{tuple(output.shape[1:])} per sample: estimate them at this layer and input size"
-        )
-
-
-def _inputs_and_labels(batch) -> Tuple[Tensor, Optional[Tensor]]:
-    """A batch as (inputs, labels or None): a tensor, an (inputs, labels) sequence, or a dict."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
-        return batch["image"], batch.get("labels")
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0], batch[1] if len(batch) > 1 else None
-    raise TypeError(
-        "data must yield tensors, (inputs, labels) tuples or dicts with 'image' and 'labels'; "
-        f"got {type(batch).__name__}"
-    )
-
-
-def _training_rows(inputs: Tensor, target, labels) -> Tuple[Tensor, Any]:
-    """Inputs and targets per training row: a given target, class indices, or one row per positive label."""
-    if target is not None:
-        return inputs, target
-    if labels is None:
-        return inputs, None  # a single-output model needs no target; _target says otherwise
-    if not isinstance(labels, Tensor):
-        labels = torch.as_tensor(labels)
-    if labels.dim() == 1 and not (labels.is_floating_point() or labels.dtype == torch.bool):
-        return inputs, labels
-    if labels.dim() == 2 and labels.shape[0] == inputs.shape[0]:
-        rows, classes = (labels > 0.5).nonzero(as_tuple=True)
-        return inputs[rows.to(inputs.device)], classes
-    raise ValueError(
-        "labels must be class indices (n,) of an integer dtype or multi-hot (n, K) floats; "
-        f"got shape {tuple(labels.shape)}, dtype {labels.dtype}"
-    )
-
-
-def _layer_names(forward_func, layers) -> Optional[List[str]]:
-    model = owning_module(forward_func)
-    if model is None:
-        return None
-    names = {id(module): name for name, module in model.named_modules()}
-    return [names[id(layer)] for layer in layers]
-
-
-def _stats_payload(stats: FeatureStats) -> dict:
-    return {"count": stats.count, **{key: getattr(stats, key) for key in _STATS_KEYS}}
-
-
-def _stats_from_payload(entry, path) -> FeatureStats:
-    stats = FeatureStats()
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), Tensor) for k in _STATS_KEYS):
-        raise ValueError(f"{os.fspath(path)!r} is not a valid ReadoutIBA file: bad statistics")
-    stats.count = int(entry["count"])
-    for key in _STATS_KEYS:
-        setattr(stats, key, entry[key])
-    return stats
-
-
-def _read_payload(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"readout file not found: {path!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for bad files
-        raise ValueError(f"{path!r} is not a readable ReadoutIBA file (truncated or corrupt?): {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path!r} is not a ReadoutIBA file (missing format tag {_FORMAT!r})")
-    return payload

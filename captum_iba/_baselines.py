@@ -1,0 +1,127 @@
+"""The baselines of the method registry, each through its library's public API (Captum, TorchRay).
+
+Each builder takes the :class:`~captum_iba.methods.MethodSuite` and returns
+``attribute(images, target)``. They run on an in-place-free copy of the model
+(:func:`inplace_free_copy`; see :mod:`captum_iba.methods`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._validate import format_target
+
+__all__ = ["inplace_free_copy", "baseline_target"]
+
+
+# The baselines, each through its library's public API, on the in-place-free copy.
+
+
+def _gradcam(suite: "MethodSuite"):
+    from captum.attr import LayerGradCam
+
+    gradcam = LayerGradCam(suite.baseline_model, suite.module(suite.cam_layer, suite.baseline_model))
+    return lambda images, target: gradcam.attribute(images, target=target, relu_attributions=True)
+
+
+def _integrated_gradients(suite: "MethodSuite"):
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(suite.baseline_model)
+
+    def attribute(images, target):
+        batch = max(1, 64 // max(1, images.shape[0])) * images.shape[0]
+        return ig.attribute(images, baselines=torch.zeros_like(images), target=target,
+                            n_steps=suite.ig_steps, internal_batch_size=batch)
+
+    return attribute
+
+
+def _lrp(suite: "MethodSuite"):
+    from captum.attr import LRP
+
+    return lambda images, target: LRP(suite.baseline_model).attribute(images, target=target)
+
+
+def _saliency(suite: "MethodSuite"):
+    from captum.attr import Saliency
+
+    return lambda images, target: Saliency(suite.baseline_model).attribute(images, target=target, abs=True)
+
+
+def _torchray_gradcam(suite: "MethodSuite"):
+    from torchray.attribution.grad_cam import grad_cam
+
+    return lambda images, target: grad_cam(suite.baseline_model, images, _torchray_target(target),
+                                           saliency_layer=suite.cam_layer)
+
+
+def _excitation_backprop(suite: "MethodSuite"):
+    from torchray.attribution.excitation_backprop import excitation_backprop
+
+    # At the IBA layer: excitation backprop is meant for a mid-level layer.
+    return lambda images, target: excitation_backprop(suite.baseline_model, images, _torchray_target(target),
+                                                      saliency_layer=suite.layer)
+
+
+def _extremal_perturbation(suite: "MethodSuite"):
+    from torchray.attribution.extremal_perturbation import extremal_perturbation
+
+    def attribute(images, target):
+        targets = _torchray_target(target)
+        targets = targets.tolist() if isinstance(targets, Tensor) else [targets] * images.shape[0]
+        masks = [extremal_perturbation(suite.baseline_model, image[None], image_target, areas=[suite.extremal_area],
+                                       max_iter=suite.extremal_iterations)[0]
+                 for image, image_target in zip(images, targets)]  # TorchRay takes one image at a time
+        return torch.cat(masks)
+
+    return attribute
+
+
+def baseline_target(target, images: Tensor):
+    """``target`` as Captum's and TorchRay's methods take it: a per-sample tensor, or a list of tuples."""
+    target = format_target(target, images.shape[0], images.device)
+    return [tuple(row) for row in target.tolist()] if target is not None and target.dim() == 2 else target
+
+
+def _torchray_target(target):
+    """TorchRay takes an int or a tensor of per-sample indices; a regressor's only output is 0."""
+    return 0 if target is None else target
+
+
+class _DenseNetWithoutInplace(nn.Module):
+    """torchvision DenseNet's forward with an out-of-place final ReLU, same layer names."""
+
+    def __init__(self, densenet: nn.Module) -> None:
+        super().__init__()
+        self.features = densenet.features
+        self.classifier = densenet.classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.features(x))
+        out = F.adaptive_avg_pool2d(out, (1, 1))
+        return self.classifier(torch.flatten(out, 1))
+
+
+def inplace_free_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every in-place activation made out-of-place.
+
+    Modules with an ``inplace`` flag (``nn.ReLU(inplace=True)``, ...) get it
+    cleared; a torchvision DenseNet is wrapped so its functional in-place ReLU
+    after ``features.norm5`` becomes out-of-place. Layer names are kept.
+    """
+    import torchvision
+
+    clone = copy.deepcopy(model).eval()
+    for module in clone.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    if isinstance(clone, torchvision.models.DenseNet):
+        clone = _DenseNetWithoutInplace(clone).eval()
+    for param in clone.parameters():
+        param.requires_grad_(False)
+    return clone
