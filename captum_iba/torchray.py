@@ -291,8 +291,8 @@ def saliency(
     from .methods import METHODS
 
     entry = METHODS.get(method)
-    if entry is None or entry.attribution is None:
-        known = [name for name, m in METHODS.items() if m.attribution is not None]
+    if entry is None or entry.attribution is None or entry.train is not None:  # a trained method needs data
+        known = [name for name, m in METHODS.items() if m.attribution is not None and m.train is None]
         raise ValueError(f"method must be an IBA-family method of captum_iba.methods.METHODS "
                          f"({', '.join(known)}), got {method!r}")
     multi = entry.layers == "multilayer"
@@ -310,6 +310,6 @@ def __getattr__(name: str):
     from .methods import METHODS
 
     for key, entry in METHODS.items():
-        if entry.function == name and entry.attribution is not None:
+        if entry.function == name and entry.attribution is not None and entry.train is None:
             return partial(saliency, key)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..methods import METHODS
 from ..objectives import REGRESSION_LOSSES
 from .paper import CLAIMS
 from .studies import MIN_CLAIM_PAIRS, method_label
@@ -54,7 +55,7 @@ def _feature_importance(results: dict) -> Verdict:
     if not all(name in scores and "insertion_auc" in scores[name] for name in IBA_FAMILY):
         return _not_run("needs the NIH-like study with insertion/deletion")
     gap = {name: s["insertion_auc"] - s["deletion_auc"] for name, s in scores.items()}
-    others = [v for name, v in gap.items() if name not in IBA_FAMILY]
+    others = [v for name, v in gap.items() if METHODS[name].family != "captum_iba"]  # the other libraries' methods
     median = float(np.median(others)) if others else float("nan")
     measured = (", ".join(f"{method_label(n)} {fmt(gap[n])}" for n in IBA_FAMILY)
                 + f" (insertion minus deletion AUC); median of the other methods {fmt(median)}")
