@@ -8,12 +8,16 @@ Each builder takes the :class:`~captum_iba.methods.MethodSuite` and returns
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validate import format_target
+
+if TYPE_CHECKING:  # the suite builds the baselines; imported for the annotations only
+    from .methods import MethodSuite
 
 __all__ = ["inplace_free_copy", "baseline_target"]
 

@@ -17,8 +17,6 @@ import sys
 import warnings
 from typing import List, Optional
 
-import torch
-
 from .._files import NO_SPACE, error_line
 from ..cxr.checkpoints import TASKS
 from ..cxr.training import LOSSES

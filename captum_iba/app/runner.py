@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import importlib.metadata
 import os
 import secrets
 import sys
@@ -33,103 +31,20 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .. import __version__
 from .._files import error_line
-from .._hashing import tensor_digest
-from ..cxr import PhantomCXR, collate
+from ..cxr import collate
 from ..methods import METHODS, MethodSuite
-from ..stats import FeatureStats, estimate_stats
+from ..stats import FeatureStats
 from .distributed import Processes, SetupFailed, Shard, batch_seed, determinism, shard
-from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError, make_plan, readout_layers
-from .sources import (DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, image_size, open_dataset,
-                      open_model)
+from .plan import Plan, make_plan, readout_layers
+from .run_config import estimate_run_stats, estimation_data, load_stats_option, run_config, run_items
+from .sources import choose_layers, image_size, open_model
 from .store import BatchWriter, MethodStore, StoreError, check_out_dir, check_writer, open_method_store, writer_lock
 
 __all__ = ["run", "set_up", "attribute_shard"]
-
-
-def _stats_digest(stats: Dict[str, FeatureStats]) -> str:
-    tensors = {f"{layer}.{key}": getattr(s, key) for layer, s in stats.items() for key in ("mean", "m2", "nonzero")}
-    return tensor_digest(tensors, prefix=str(sorted((layer, s.count) for layer, s in stats.items())))
-
-
-def _items(args: argparse.Namespace, plan: Plan, size: int) -> Dataset:
-    """The items to attribute, in their fixed order."""
-    if DATASETS[args.dataset].generated:
-        seed = HELD_OUT_PHANTOM_SEED if args.phantom_seed is None else args.phantom_seed
-        return open_dataset(args.dataset, task=plan.data_task, size=size,
-                            n=args.images or DEFAULT_PHANTOM_IMAGES, seed=seed)
-    data = open_dataset(args.dataset, args.root, size=size, split=args.split)
-    return data if args.images is None else Subset(data, range(min(args.images, len(data))))
-
-
-def _data_identity(args: argparse.Namespace, plan: Plan, items: Dataset, size: int) -> dict:
-    """What determines the items: the phantom's parameters, or the image ids of real data."""
-    if DATASETS[args.dataset].generated:
-        return {"dataset": args.dataset, "task": plan.data_task, "seed": items.seed, "images": len(items), "size": size}
-    reader, indices = (items.dataset, items.indices) if isinstance(items, Subset) else (items, range(len(items)))
-    ids = "\n".join(reader.image_ids[i] for i in indices)
-    return {"dataset": args.dataset, "split": args.split, "images": len(items), "size": size,
-            "ids_sha256": hashlib.sha256(ids.encode()).hexdigest()}
-
-
-def _estimation_source(args: argparse.Namespace, plan: Plan, n: int = None) -> str:
-    if DATASETS[args.dataset].generated:
-        return f"phantom {plan.data_task} seed {TRAINING_PHANTOM_SEED} (the embedded models' training images)"
-    return f"{args.dataset} train split, {args.stats_samples if n is None else n} random items (seed 0)"
-
-
-def _estimation_data(args: argparse.Namespace, plan: Plan, size: int, n: int = None) -> Dataset:
-    """``n`` (default ``--stats-samples``) training images to estimate the statistics on (see
-    :func:`_estimation_source`), or to train a method on."""
-    n = args.stats_samples if n is None else n
-    if DATASETS[args.dataset].generated:
-        return PhantomCXR(n, size=size, seed=TRAINING_PHANTOM_SEED, task=plan.data_task)
-    train = open_dataset(args.dataset, args.root, size=size, split="train")
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
-    return Subset(train, pick.tolist())
-
-
-def _load_stats_option(path: str, layers: Sequence[str]) -> Dict[str, FeatureStats]:
-    """``--stats``: one file for a one-layer method, or a folder of ``<layer>.pt`` files."""
-    folder = Path(path)
-    if folder.is_dir():
-        files = {layer: folder / f"{layer}.pt" for layer in layers}
-        for file in files.values():
-            if not file.is_file():
-                raise UsageError(f"--stats {folder}: no {file.name} (one FeatureStats file per layer, <layer>.pt)")
-    elif len(layers) == 1:
-        files = {layers[0]: folder}
-    else:
-        raise UsageError(f"--stats: the method needs the statistics of {len(layers)} layers: "
-                         f"pass a folder holding {', '.join(f'{layer}.pt' for layer in layers)}")
-    return {layer: FeatureStats.load(file) for layer, file in files.items()}
-
-
-def _estimate_stats(model: nn.Module, args: argparse.Namespace, plan: Plan, size: int,
-                    device: torch.device) -> Dict[str, FeatureStats]:
-    data = _estimation_data(args, plan, size)
-    loader = DataLoader(data, batch_size=32, collate_fn=collate, num_workers=args.workers)
-    modules = dict(model.named_modules())
-    stats = estimate_stats(model, [modules[layer] for layer in plan.stats_layers],
-                           (batch["image"].to(device) for batch in loader),
-                           min(args.stats_samples, len(data)), progress=sys.stderr.isatty())
-    return dict(zip(plan.stats_layers, stats))
-
-
-def _versions(method: str) -> dict:
-    """Versions of the libraries that compute the method's maps."""
-    versions = {"captum_iba": __version__}
-    family = METHODS[method].family
-    if family != "captum_iba":
-        try:
-            versions[family] = importlib.metadata.version(family)
-        except importlib.metadata.PackageNotFoundError:  # a registered family that is not a package name
-            versions[family] = "unknown"
-    return versions
 
 
 @dataclass
@@ -146,33 +61,6 @@ class Setup:
     trained_path: Optional[str] = None
 
 
-def _config(args: argparse.Namespace, plan: Plan, model: nn.Module, items: Dataset, size: int,
-            given: Dict[str, FeatureStats] = None) -> dict:
-    """Everything that determines the maps: the store refuses to mix maps of two configurations."""
-    stats_identity = None
-    if plan.stats_layers:
-        stats_identity = ({"sha256": _stats_digest(given)} if given else
-                          {"estimated_from": _estimation_source(args, plan), "samples": args.stats_samples})
-    training = {}
-    if METHODS[plan.method].train is not None:  # the items the method learns from, recorded with its options
-        n = plan.options["readout_images"]
-        training = {"training": {"data": _estimation_source(args, plan, n), "items": n, "labels": plan.label_key,
-                                 "seed": args.seed}}
-    return {
-        "method": plan.method,
-        "options": plan.options,
-        **training,
-        "model": {"task": plan.model_task, "weights_sha256": tensor_digest(model.state_dict())},
-        "data": _data_identity(args, plan, items, size),
-        "targets": list(plan.targets) if plan.targets else ("single output" if plan.label_key is None else
-                                                           f"positive {plan.label_key}, else top prediction"),
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "stats": stats_identity,
-        "versions": _versions(plan.method),
-    }
-
-
 def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: contextlib.ExitStack) -> Setup:
     """Process 0's part: folder check, model, configuration, writer lock, store, statistics.
 
@@ -185,9 +73,9 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: co
     size = image_size(model, args.size)
     layers = choose_layers(model, size, plan.layer, plan.multilayer)
     plan = plan.with_layers(layers, readout_layers(model, size, layers.bottleneck))
-    items = _items(args, plan, size)
-    given = _load_stats_option(args.stats, plan.stats_layers) if args.stats else None
-    config = _config(args, plan, model, items, size, given)
+    items = run_items(args, plan, size)
+    given = load_stats_option(args.stats, plan.stats_layers) if args.stats else None
+    config = run_config(args, plan, model, items, size, given)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
     lock = stack.enter_context(writer_lock(out, plan.method_key, run_id))
     store = open_method_store(out, plan.method_key, config, overwrite=args.overwrite, lock=lock)
@@ -199,7 +87,7 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: co
     # A resumed run uses the statistics its first run stored, never a new estimate.
     stats = store.load_stats(plan.stats_layers)
     if stats is None:
-        stats = given or _estimate_stats(model.to(device), args, plan, size, device)
+        stats = given or estimate_run_stats(model.to(device), args, plan, size, device)
         store.save_stats(stats)
     trained = _trained(model.to(device), args, plan, stats, store, size, device) if METHODS[plan.method].train else None
     return Setup(plan, model.cpu(), items, stats, store.config_hash, done, run_id, trained)
@@ -219,7 +107,7 @@ def _trained(model: nn.Module, args: argparse.Namespace, plan: Plan, stats: Dict
         print(f"captum-iba attribute: {plan.method}: reusing the trained state in {path}", flush=True)
         return str(path)
     n, epochs = plan.options["readout_images"], plan.options["readout_epochs"]
-    loader = DataLoader(_estimation_data(args, plan, size, n), batch_size=32, collate_fn=collate,
+    loader = DataLoader(estimation_data(args, plan, size, n), batch_size=32, collate_fn=collate,
                         num_workers=args.workers)
     suite.training_data = [(batch["image"].to(device), batch[plan.label_key]) for batch in loader]  # read once
     started = time.perf_counter()

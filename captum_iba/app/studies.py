@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Dict
 
 import torch
-from torch import nn
-from torch.utils.data import Dataset
 
 from .. import viz
 from .._hashing import tensor_digest
