@@ -70,9 +70,9 @@ def test_evaluate_a_torchxrayvision_densenet_with_random_weights(nih, tmp_path):
 def test_attribute_with_your_own_model_and_a_layer_list(nih, factory, tmp_path):
     out = tmp_path / "maps"
     base = ["attribute", "--dataset", "nih", "--root", str(nih), "--split", "test", "--out", str(out),
-            "--model", f"{factory}:resnet50", "--size", "64", "--steps", "2", "--noise-draws", "2",
-            "--stats-samples", "4", "--workers", "0"]
-    assert main([*base, "--method", "multilayer", "--multilayer-layers", "layer1,layer2"]) == 0
+            "--model", f"{factory}:resnet50", "--size", "64", "--stats-samples", "4", "--workers", "0"]
+    assert main([*base, "--method", "multilayer", "--multilayer-layers", "layer1,layer2", "--steps", "2",
+                 "--noise-draws", "2"]) == 0
     assert main([*base, "--method", "torchray_gradcam"]) == 0
     maps = read_maps(out)
     methods = {method for _, method, _ in maps}

@@ -139,8 +139,11 @@ def _external(task: str, spec: str, weights=None, outputs=None, input_format=Non
     if task != "nih":
         raise ValueError(f"--model {spec}: a model of your own explains the 8 NIH findings; the {task!r} task "
                          "needs a model from `captum-iba train` (--checkpoint)")
-    return external_model(spec, weights=weights, outputs=outputs, input_format=input_format,
-                          pretrained=not random_weights)
+    try:
+        return external_model(spec, weights=weights, outputs=outputs, input_format=input_format,
+                              pretrained=not random_weights)
+    except TypeError as error:  # e.g. a factory that returns no nn.Module: the user's input, one line
+        raise ValueError(str(error)) from error
 
 
 def image_size(model: nn.Module, size: Optional[int] = None) -> int:
