@@ -233,11 +233,13 @@ def test_attribute_all_batches_every_method_keeps_the_order_and_times_each(monke
         assert results[name].maps.shape == (5, 1, 2, 2)
         assert results[name].maps[:, 0, 0, 0].tolist() == [offset + i for i in range(5)]
         batches = -(-5 // settings.batch_size)
+        # The warm-up call on the first image is timed apart from the batched run.
         assert results[name].seconds == pytest.approx(StubSuite.SECONDS_PER_CALL[name] * batches)
+        assert results[name].warmup_seconds == pytest.approx(StubSuite.SECONDS_PER_CALL[name])
         assert results[name].seconds_per_map == pytest.approx(results[name].seconds / 5)
     iba_calls = [c for c in suite.calls if c["name"] == "iba"]
-    assert [c["n"] for c in iba_calls] == [2, 2, 1]
-    assert [c["target"].tolist() for c in iba_calls] == [[4, 3], [2, 1], [0]]
+    assert [c["n"] for c in iba_calls] == [1, 2, 2, 1]
+    assert [c["target"].tolist() for c in iba_calls] == [[4], [4, 3], [2, 1], [0]]
     assert {c["seed"] for c in suite.calls} == {7}
 
 
@@ -249,8 +251,8 @@ def test_attribute_all_slices_target_values_and_passes_options(monkeypatch):
     scores = torch.tensor([10.0, 11.0, 12.0])
     attribute_all(suite, ["iba"], images, None, EvaluationSettings(batch_size=2), progress=False,
                   target_values=scores, loss="mse")
-    assert [c["target"] for c in suite.calls] == [None, None]
-    assert [c["target_values"].tolist() for c in suite.calls] == [[10.0, 11.0], [12.0]]
+    assert [c["target"] for c in suite.calls] == [None, None, None]
+    assert [c["target_values"].tolist() for c in suite.calls] == [[10.0], [10.0, 11.0], [12.0]]  # warm-up first
     assert {c["loss"] for c in suite.calls} == {"mse"}
 
 
