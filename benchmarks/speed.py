@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -59,10 +60,10 @@ def variants(device: torch.device) -> dict:
     reduced = "fp16" if device.type == "cuda" else "bf16"
     return {
         "default": {},
-        "contiguous (channels_last=False)": {"channels_last": False},
+        "channels_last": {"channels_last": True},
         "compile": {"compile": True},
         f"precision={reduced}": {"precision": reduced},
-        f"compile + {reduced}": {"compile": True, "precision": reduced},
+        f"fast: compile + {reduced} + channels_last": {"compile": True, "precision": reduced, "channels_last": True},
     }
 
 
@@ -143,12 +144,14 @@ def matmul_throughput(dtype, device, n=2048, repeats=5) -> float:
     return 2 * n**3 / best
 
 
-def suffix_flops(iba, z, expanded) -> int:
-    """FLOPs of one forward + backward of the suffix on ``z``'s rows."""
+def suffix_flops(iba, z, expanded) -> tuple:
+    """FLOPs of one forward, and of one forward + backward, of the suffix on ``z``'s rows."""
     z = z.detach().requires_grad_(True)
     with FlopCounterMode(display=False) as counter:
-        iba.split.outputs(z, expanded)[:, 0].sum().backward()  # (autograd.grad breaks the counter)
-    return counter.get_total_flops()
+        out = iba.split.outputs(z, expanded)
+        forward = counter.get_total_flops()
+        out[:, 0].sum().backward()  # (autograd.grad breaks the counter)
+    return forward, counter.get_total_flops()
 
 
 def relative_difference(a, b) -> float:
@@ -215,15 +218,21 @@ def main(argv=None) -> None:
     cold, differences = {}, {}
     for name, kw in options.items():  # warm-up (compilation), and the maps compared
         cold[name] = timed(lambda: attribute(**kw), device)
+        log(f"first call of {name}: {cold[name]:.1f} s")
         differences[name] = [relative_difference(attribute(beta, **kw), reference[beta])
                              for beta in (10.0, args.small_beta)]
     times = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved: a busy machine slows every row alike
         for name, run in runs.items():
             times[name].append(timed(run, device) / maps_per_run[name])
+            log(f"{name}: {times[name][-1]:.3f} s/map")
     per_map = {name: statistics.median(values) for name, values in times.items()}
     limits = flop_limits(iba, z, expanded, device, args.steps, images)
     report(args, device, iba, per_map, differences, cold, limits)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _in_todays_loop(attribute):
@@ -233,10 +242,11 @@ def _in_todays_loop(attribute):
 
 def flop_limits(iba, z, expanded, device, steps, images) -> dict:
     """FLOPs per map and the seconds per map at this machine's matmul throughput."""
-    flops = suffix_flops(iba, z, expanded) * steps / images
+    forward, total = suffix_flops(iba, z, expanded)
+    flops = total * steps / images
     reduced = torch.float16 if device.type == "cuda" else torch.bfloat16
     throughput = {"fp32": matmul_throughput(torch.float32, device), str(reduced): matmul_throughput(reduced, device)}
-    return {"flops": flops, "throughput": throughput, "limit": {k: flops / v for k, v in throughput.items()}}
+    return {"flops": flops, "forward": forward * steps / images, "throughput": throughput, "limit": {k: flops / v for k, v in throughput.items()}}
 
 
 def report(args, device, iba, per_map, differences, cold, limits) -> None:
@@ -244,22 +254,27 @@ def report(args, device, iba, per_map, differences, cold, limits) -> None:
     print(f"DenseNet-121, {args.size} px, bottleneck after features.denseblock3, {args.steps} steps x "
           f"{args.draws} draws, device {device}, split {iba.split.mode}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, median of {args.repeats}, load average {load}")
-    print(f"suffix forward+backward: {limits['flops'] / 1e9:.1f} GFLOP per map; matmul throughput "
+    print(f"suffix forward+backward: {limits['flops'] / 1e9:.1f} GFLOP per map (forward "
+          f"{limits['forward'] / 1e9:.1f}; the backward counts the input gradients only); matmul throughput "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in limits["throughput"].items())
           + "; limits " + ", ".join(f"{k} {v:.3f} s/map" for k, v in limits["limit"].items()))
     naive = per_map.get("naive loop (reference way)")
     today, floor = per_map["today"], per_map["floor, contiguous fp32 (today's floor)"]
-    fp32_limit = limits["limit"]["fp32"]
+    reduced_limit = [v for k, v in limits["limit"].items() if k != "fp32"][0]
     print(f"{'row':40s} {'s/map':>7s} {'vs naive':>9s} {'vs today':>9s} {'vs floor':>9s} "
-          f"{'fp32 lim':>9s} {'diff b=10':>10s} {'diff small':>10s} {'cold s':>7s}")
+          f"{'vs limit':>9s} {'diff b=10':>10s} {'diff small':>10s} {'cold s':>7s}")
     for name, seconds in per_map.items():
         diff = differences.get(name, (None, None))
         print(f"{name:40s} {seconds:7.3f} {_ratio(naive, seconds):>9s} {_ratio(today, seconds):>9s} "
-              f"{seconds / floor:8.2f}x {seconds / fp32_limit:8.1f}x {_fmt(diff[0]):>10s} "
+              f"{seconds / floor:8.2f}x {seconds / _limit(name, limits, reduced_limit):8.1f}x {_fmt(diff[0]):>10s} "
               f"{_fmt(diff[1]):>10s} {_fmt(cold.get(name), '.1f'):>7s}")
-    print("vs naive / vs today: speed-up (higher is faster); vs floor, fp32 lim: time over that row "
-          "(lower is faster); diff: max |map - today's map| / max |today's map|, at beta 10 and "
+    print("vs naive / vs today: speed-up (higher is faster); vs floor, vs limit: time over that row "
+          "(lower is faster; the limit is the FLOP limit of the row's precision); diff: max |map - today's map| / max |today's map|, at beta 10 and "
           f"beta {args.small_beta}; cold: the first call of the variant (compilation included).")
+
+
+def _limit(name, limits, reduced_limit) -> float:
+    return reduced_limit if ("bf16" in name or "fp16" in name) else limits["limit"]["fp32"]
 
 
 def _ratio(base, seconds) -> str:

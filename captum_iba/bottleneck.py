@@ -152,14 +152,17 @@ def noisy_features(
     *,
     channels_last: bool = False,
     out: Optional[Tensor] = None,
+    exact: bool = True,
 ) -> Tensor:
     """``Z = lam * F + (1 - lam) * eps`` for every noise draw.
 
-    Inverse IBA calls this with ``1 - lambda`` as ``lam``. ``lam * F`` and
-    ``1 - lam`` are computed once per sample, so the forward pass writes the
-    ``N x B`` maps in one pass; the gradient of ``lam``,
-    ``sum_b g_b * (F - eps_b) = F * sum_b g_b - sum_b g_b * eps_b``, reads the
-    incoming gradient twice and never forms ``F - eps`` per draw.
+    Inverse IBA calls this with ``1 - lambda`` as ``lam``. No map of the
+    ``N x B`` size is allocated when ``out`` is given, in the forward pass or
+    the backward. ``exact=True`` (default) rounds as ``eps + lam * (F - eps)``
+    always did, bit for bit; ``exact=False`` computes ``lam * F`` and
+    ``1 - lam`` once per sample, writes ``Z`` in one pass and gets the
+    gradient of ``lam`` as ``F * sum_b g_b - sum_b g_b * eps_b``, without
+    ``F - eps`` per draw (fewer passes over the maps, other rounding).
 
     Parameters
     ----------
@@ -179,7 +182,10 @@ def noisy_features(
         A buffer of ``N * B * C * h * w`` elements, of ``features``' dtype and
         device, that ``Z`` is written into (the optimisation loop reuses one:
         a fresh map of this size costs page faults on every step). Nothing may
-        still use the previous ``Z`` written there.
+        still use the previous ``Z`` written there, and the backward pass uses
+        the buffer as scratch space (``Z``'s values are gone after it).
+    exact : bool
+        Keep the rounding of ``eps + lam * (F - eps)`` (see above).
 
     Returns
     -------
@@ -194,27 +200,42 @@ def noisy_features(
         z = torch.addcmul(noise, lam.unsqueeze(1), features.unsqueeze(1) - noise).flatten(0, 1)
         z = z.clamp(min=0) if relu else z
         return z.contiguous(memory_format=torch.channels_last) if channels_last else z
-    return _MixNoise.apply(lam, features, noise, relu, channels_last, out)
+    return _MixNoise.apply(lam, features, noise, relu, channels_last, out, exact)
 
 
 class _MixNoise(torch.autograd.Function):
-    """``noisy_features`` with a per-sample backward; works in an (n, b, K) layout."""
+    """``noisy_features`` in an (n, draws, K) layout over a reusable buffer.
+
+    ``exact``: today's rounding, bit for bit -- ``Z = eps + lam * (F - eps)``
+    and the gradient ``sum_b g_b * (F - eps_b)`` -- with ``F - eps`` written
+    into the buffer instead of fresh memory. Otherwise the per-sample form:
+    ``Z = lam * F + (1 - lam) * eps`` with ``lam * F`` and ``1 - lam`` computed
+    once per sample, and ``F * sum_b g_b - sum_b g_b * eps_b`` as gradient.
+    """
 
     @staticmethod
-    def forward(ctx, lam, features, noise, relu, channels_last, out):
+    def forward(ctx, lam, features, noise, relu, channels_last, out, exact):
         shape = features.shape  # (N, C, h, w)
         order = (0, 2, 3, 1) if channels_last else (0, 1, 2, 3)
         flat = lambda t: t.permute(order).reshape(t.shape[0], 1, -1)  # noqa: E731
         n, draws = shape[0], noise.shape[0]
         z = _new_maps((n * draws, *shape[1:]), channels_last, features, out)
         work = z.permute(order).view(n, draws, -1)  # contiguous in this layout
-        torch.addcmul(flat(lam * features), flat(1 - lam), flat(noise).view(1, draws, -1), out=work)
+        eps = flat(noise).view(1, draws, -1)
+        if exact:
+            torch.sub(flat(features), eps, out=work)
+            torch.addcmul(eps, flat(lam), work, out=work)
+        else:
+            torch.addcmul(flat(lam * features), flat(1 - lam), eps, out=work)
         mask = None
         if relu:
-            mask = work > 0
+            mask = work >= 0  # where clamp(min=0) passes the gradient
             work.clamp_(min=0)
-        ctx.save_for_backward(flat(features), flat(noise).view(1, draws, -1), mask)
-        ctx.layout = (shape, order)
+        ctx.save_for_backward(flat(features), eps, mask)
+        # The loop's buffer is free again by the time Z's gradient arrives (the
+        # buffer itself, not Z: a reference to an output would make a cycle).
+        ctx.scratch = None if out is None else out.view(-1)[: work.numel()].view(work.shape)
+        ctx.layout, ctx.exact = (shape, order), exact
         return z
 
     @staticmethod
@@ -225,13 +246,16 @@ class _MixNoise(torch.autograd.Function):
         # A gradient in another memory format is made contiguous in ours (one copy).
         grad = grad_z.permute(order).reshape(n, draws, -1)
         if mask is not None:
-            grad = grad * mask
-        per_sample = grad.sum(1)
-        against_noise = torch.einsum("nbk,bk->nk", grad, eps[0])
-        grad_lam = torch.addcmul(-against_noise, features[:, 0], per_sample)
+            grad = torch.where(mask, grad, 0.0)
+        if ctx.exact:
+            difference = torch.sub(features, eps, out=ctx.scratch)
+            grad_lam = difference.mul_(grad).sum(1)
+        else:
+            against_noise = torch.einsum("nbk,bk->nk", grad, eps[0])
+            grad_lam = torch.addcmul(-against_noise, features[:, 0], grad.sum(1))
         permuted = [n] + [shape[i] for i in order[1:]]
         inverse = [order.index(i) for i in range(4)]
-        return grad_lam.view(permuted).permute(inverse).contiguous(), None, None, None, None, None
+        return grad_lam.view(permuted).permute(inverse).contiguous(), None, None, None, None, None, None
 
 
 def _new_maps(shape, channels_last: bool, like: Tensor, out: Optional[Tensor]) -> Tensor:

@@ -29,12 +29,15 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 CHANNELS_LAST_MODES = (True, False, "auto")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: Largest difference of a map from the float32 contiguous map, over its
-#: largest value, that a precision is held to (tests and docstrings): float32
-#: options (channels_last, compile) only reorder sums; bf16 keeps 8 bits of
-#: mantissa, so maps of hundreds of bits at a small beta move by ~1e-2 of their
-#: peak; fp16 (CUDA) is not yet measured and held to the bf16 bound.
-TOLERANCES = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
+#: Largest difference of a map from the default (float32, contiguous) map,
+#: over the map's largest value, that each option is held to (tests and
+#: docstrings). Measured on DenseNet-121 at 224 px (benchmarks/speed.py):
+#: channels_last 1.5e-6 at beta 10 but 5.1e-4 at beta 0.01, where Adam's
+#: normalised steps amplify float32 sums taken in another order; bf16 4.6e-5
+#: at beta 10, 4.7e-3 at beta 0.01. fp16 (CUDA) is not yet measured and held
+#: to the bf16 bound. None of them stays within 1e-4 at both betas, so all
+#: are opt-in.
+TOLERANCES = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 5e-2}
 
 #: model -> {key: compiled suffix}; entries go with the model.
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()

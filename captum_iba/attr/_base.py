@@ -63,8 +63,9 @@ class BottleneckOptions:
     relu : bool
         Clamp ``Z`` at 0 (for layers followed by non-negative activations).
     channels_last : bool or "auto"
-        Build ``Z`` channels-last for the network after the layer; "auto"
-        does where the traced suffix allows it (see :mod:`captum_iba.suffix`).
+        Build ``Z`` channels-last for the network after the layer (default
+        False); "auto" does where the traced suffix allows it (see
+        :mod:`captum_iba.suffix`).
     precision : str
         "fp32", "bf16" (autocast) or "fp16" (autocast, CUDA only).
     compile : bool or str
@@ -81,7 +82,7 @@ class BottleneckOptions:
     active_neurons_threshold: float = 0.01
     loss: Union[str, Callable] = "ce"
     relu: bool = False
-    channels_last: Union[bool, str] = "auto"
+    channels_last: Union[bool, str] = False
     precision: str = "fp32"
     compile: Union[bool, str] = False
 
@@ -154,7 +155,7 @@ class BottleneckAttribution(LayerAttribution):
         active_neurons_threshold: float = 0.01,
         loss: Union[str, Callable, None] = None,
         relu: bool = False,
-        channels_last: Union[bool, str] = "auto",
+        channels_last: Union[bool, str] = False,
         precision: str = "fp32",
         compile: Union[bool, str] = False,
         stats: Optional[FeatureStats] = None,
@@ -352,7 +353,8 @@ class BottleneckAttribution(LayerAttribution):
             )
             z = noisy_features(
                 features, self._signal_fraction(lam), noise, active, options.relu,
-                channels_last=runner.channels_last, out=buffer,
+                # Channels-last maps differ from today's anyway: take the cheaper form there.
+                channels_last=runner.channels_last, out=buffer, exact=not runner.channels_last,
             )
             outputs = runner(z, expanded)
             model_loss = objective(outputs, target_rows, reference_rows).view(n, draws).mean(1)

@@ -37,6 +37,12 @@ class MultiLayerIBA(LayerAttribution):
     bits inside the intersection of the coarser layers' masks, 0 elsewhere.
     With one layer, ``"masked"`` is exactly IBA.
 
+    The layers of one network nest (the part before dense block 3 contains
+    the part before dense block 1): each call runs that shared part once, up
+    to the deepest layer, and gives every layer's bottleneck its own feature
+    map (:class:`captum_iba.split_shared.SharedPrefix`); the maps equal those
+    of separate :class:`IBA` runs.
+
     Args:
         forward_func (nn.Module or callable): the model.
         layers (sequence of nn.Module): distinct submodules with 4-D outputs,
@@ -49,7 +55,8 @@ class MultiLayerIBA(LayerAttribution):
             :class:`InverseIBA`.
         stats (sequence of FeatureStats, optional): one per layer.
         **options: bottleneck options shared by every layer (``beta``,
-            ``steps``, ``loss``, ...; see :class:`IBA`).
+            ``steps``, ``loss``, the speed options ``channels_last``,
+            ``precision``, ``compile``, ...; see :class:`IBA`).
 
     Examples::
 
