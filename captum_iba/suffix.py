@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-CHANNELS_LAST_MODES = (True, False, "auto")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Largest difference of a map from the default (float32, contiguous) map,
@@ -44,7 +43,7 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDiction
 
 
 def check_channels_last(value) -> None:
-    if not any(value is mode or (isinstance(value, str) and value == mode) for mode in CHANNELS_LAST_MODES):
+    if not (isinstance(value, bool) or value == "auto"):
         raise ValueError(f"channels_last must be True, False or 'auto', got {value!r}")
 
 
@@ -179,14 +178,6 @@ def _signature(values) -> tuple:
         else type(v).__name__
         for v in values
     )
-
-
-def clear_compiled(model: Optional[nn.Module] = None) -> None:
-    """Forget the compiled suffixes of ``model`` (of every model when None)."""
-    if model is None:
-        _COMPILED.clear()
-    else:
-        _COMPILED.pop(model, None)
 
 
 def compiled_count(model: nn.Module) -> int:
