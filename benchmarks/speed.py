@@ -41,7 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from captum_iba import IBA
 from captum_iba.attr import _base
-from captum_iba.bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features
+from captum_iba.bottleneck import capacity, lambda_from_alpha, mean_capacity
+from captum_iba.split import frozen_model
 from captum_iba.stats import FeatureStats
 
 
@@ -147,7 +148,8 @@ def matmul_throughput(dtype, device, n=2048, repeats=5) -> float:
 def suffix_flops(iba, z, expanded) -> tuple:
     """FLOPs of one forward, and of one forward + backward, of the suffix on ``z``'s rows."""
     z = z.detach().requires_grad_(True)
-    with FlopCounterMode(display=False) as counter:
+    # Frozen as in the loop: no parameter gradients are counted.
+    with frozen_model(iba.forward_func), FlopCounterMode(display=False) as counter:
         out = iba.split.outputs(z, expanded)
         forward = counter.get_total_flops()
         out[:, 0].sum().backward()  # (autograd.grad breaks the counter)
@@ -197,6 +199,10 @@ def main(argv=None) -> None:
     z_cl = z.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
     def floor(rows):
+        with frozen_model(model):  # as in the loop: no parameter gradients
+            _floor_steps(rows)
+
+    def _floor_steps(rows):
         for _ in range(args.steps):
             out = iba.split.outputs(rows, expanded)
             torch.autograd.grad(out[:, 0].sum(), [rows])
