@@ -1,29 +1,71 @@
-"""Seconds per IBA map: the reference loop vs. captum_iba, batched, and the floor.
+"""Seconds per IBA map: the reference loop, today's loop, the speed options, the floors, the limits.
 
-DenseNet-121 at 224 px with 8 sigmoid outputs, the bottleneck after
-``features.denseblock3``, 10 steps x 10 noise draws (the paper's setting).
+DenseNet-121 at 224 px with 8 sigmoid outputs (random weights, nothing
+downloaded), the bottleneck after ``features.denseblock3``, 10 steps x 10
+noise draws (the paper's setting).
+
+Rows (each the median of ``--repeats`` interleaved repeats, s per map):
 
 * naive: the reference implementation's way -- one image at a time, the whole
   network forward and backward at every step, parameters requiring grad;
-* IBA.attribute on 1 image, and on a batch (8 on a CPU, 32 on a GPU);
-* floor: ``steps`` x forward + backward of the network after the layer alone,
-  on the same batch of ``images x draws`` rows -- what any implementation of
-  the loop must at least compute.
+* today: the batched ``IBA.attribute`` loop as it was before the speed
+  options (contiguous float32 suffix, ``Z`` formed with ``F - eps`` per draw);
+* the variants of ``IBA.attribute`` on the same batch: the default, and the
+  ``channels_last`` / ``compile`` / ``precision`` options;
+* floors: ``steps`` x forward + backward of the network after the layer
+  alone on the ``images x draws`` rows, contiguous float32 (today's floor) and
+  channels-last -- what a loop must at least compute in that format;
+* FLOP limits: the suffix's forward + backward FLOPs per map
+  (``FlopCounterMode``) over this machine's measured fp32 / bf16 (fp16 on a
+  GPU) matmul throughput.
 
-Run:  .venv/bin/python benchmarks/speed.py            (add --quick for a 64 px smoke run)
+The map differences are against today's loop (float32, same seed), as the
+largest absolute difference over the largest map value, at beta 10 and at
+``--small-beta`` (0.01: the model loss dominates, maps of hundreds of bits).
+
+Run:  .venv/bin/python benchmarks/speed.py            (--quick: 64 px, 2 steps, 1 repeat)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import statistics
+import sys
 import time
 
 import torch
 import torchvision
+from torch.utils.flop_counter import FlopCounterMode
 
 from captum_iba import IBA
-from captum_iba.bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features
+from captum_iba.attr import _base
+from captum_iba.bottleneck import capacity, lambda_from_alpha, mean_capacity
+from captum_iba.split import frozen_model
 from captum_iba.stats import FeatureStats
+
+
+def pick_device(name=None) -> torch.device:
+    """``name`` if given (``cuda`` without a GPU is an error), else cuda when present."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return device
+
+
+def variants(device: torch.device) -> dict:
+    """The IBA options timed on ``device``: name -> attribute() keywords."""
+    reduced = "fp16" if device.type == "cuda" else "bf16"
+    return {
+        "default": {},
+        "channels_last": {"channels_last": True},
+        "compile": {"compile": True},
+        f"precision={reduced}": {"precision": reduced},
+        f"fast: compile + {reduced} + channels_last": {"compile": True, "precision": reduced, "channels_last": True},
+    }
 
 
 def synthetic_stats(model, layer, size, device, n=16) -> FeatureStats:
@@ -50,8 +92,8 @@ def naive_map(model, layer, stats, image, target, steps, draws, beta=10.0):
     for _ in range(steps):
         lam = lambda_from_alpha(alpha, 1.0)
         noise = mean + std * torch.randn(draws, *f.shape[1:], device=f.device)
-        z = noisy_features(f, lam, noise, active)
-        handle = layer.register_forward_hook(lambda m, a, out: z)
+        z = torch.addcmul(noise * active, lam.unsqueeze(1), (f * active).unsqueeze(1) - noise * active)
+        handle = layer.register_forward_hook(lambda m, a, out: z.flatten(0, 1))
         try:
             logits = model(batch)
         finally:
@@ -65,6 +107,25 @@ def naive_map(model, layer, stats, image, target, steps, draws, beta=10.0):
     return capacity(f, lambda_from_alpha(alpha.detach(), 1.0), mean, std, active).sum(1)
 
 
+def _todays_noisy_features(features, lam, noise, active=None, relu=False, **_):
+    """``Z`` as today's loop formed it: ``eps + lam * (F - eps)`` with ``F - eps`` per draw."""
+    if active is not None:
+        features, noise = features * active, noise * active
+    z = torch.addcmul(noise, lam.unsqueeze(1), features.unsqueeze(1) - noise)
+    return (z.clamp(min=0) if relu else z).flatten(0, 1)
+
+
+@contextlib.contextmanager
+def todays_loop():
+    """``IBA.attribute(..., channels_last=False)`` with today's ``Z`` operations."""
+    saved = _base.noisy_features
+    _base.noisy_features = _todays_noisy_features
+    try:
+        yield
+    finally:
+        _base.noisy_features = saved
+
+
 def timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -75,62 +136,159 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def main(argv=None) -> None:
+def matmul_throughput(dtype, device, n=2048, repeats=5) -> float:
+    """Best FLOP/s of an ``n x n`` matrix product in ``dtype`` on ``device``."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def suffix_flops(iba, z, expanded) -> tuple:
+    """FLOPs of one forward, and of one forward + backward, of the suffix on ``z``'s rows."""
+    z = z.detach().requires_grad_(True)
+    # Frozen as in the loop: no parameter gradients are counted.
+    with frozen_model(iba.forward_func), FlopCounterMode(display=False) as counter:
+        out = iba.split.outputs(z, expanded)
+        forward = counter.get_total_flops()
+        out[:, 0].sum().backward()  # (autograd.grad breaks the counter)
+    return forward, counter.get_total_flops()
+
+
+def relative_difference(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--draws", type=int, default=10, help="noise draws per step (noise_draws)")
-    parser.add_argument("--images", type=int, default=None, help="batch for the batched run (8 CPU, 32 GPU)")
-    parser.add_argument("--naive-images", type=int, default=2, help="images timed with the naive loop")
-    parser.add_argument("--quick", action="store_true", help="64 px, 2 steps: a smoke run")
+    parser.add_argument("--images", type=int, default=None, help="batch for the batched runs (8 CPU, 32 GPU)")
+    parser.add_argument("--naive-images", type=int, default=1, help="images timed with the naive loop")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is shown")
+    parser.add_argument("--small-beta", type=float, default=0.01, help="second beta of the map differences")
+    parser.add_argument("--skip", nargs="*", default=[], help="variant names to leave out (e.g. compile)")
+    parser.add_argument("--quick", action="store_true", help="64 px, 2 steps, 1 repeat, no naive loop")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.steps = 64, 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    images = args.images or (32 if device.type == "cuda" else 8)
+        args.size, args.steps, args.repeats, args.naive_images = 64, 2, 1, 0
+    return args
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    images = args.images or (32 if device.type == "cuda" else 8)
     torch.manual_seed(0)
     model = torchvision.models.densenet121(weights=None, num_classes=8).to(device).eval()
     layer = model.features.denseblock3
     stats = synthetic_stats(model, layer, args.size, device)
     x = torch.randn(images, 3, args.size, args.size, device=device)
     iba = IBA(model, layer, stats=stats, loss="bce", steps=args.steps, noise_draws=args.draws)
-    iba.attribute(x[:1], target=0, seed=0)  # warm-up: tracing, allocator
+    options = {k: v for k, v in variants(device).items() if k not in args.skip}
 
-    rows = []
-    naive_n = min(args.naive_images, images)
-    seconds = timed(lambda: [naive_map(model, layer, stats, x[i : i + 1], 0, args.steps, args.draws)
-                             for i in range(naive_n)], device)
-    rows.append(("naive loop (reference way)", naive_n, seconds / naive_n))
-    seconds = timed(lambda: iba.attribute(x[:1], target=0, seed=0), device)
-    rows.append(("IBA.attribute, 1 image", 1, seconds))
-    seconds = timed(lambda: iba.attribute(x, target=0, seed=0), device)
-    rows.append((f"IBA.attribute, {images} batched", images, seconds / images))
+    def attribute(beta=10.0, **kw):
+        return iba.attribute(x, target=0, seed=0, beta=beta, **kw)
 
     features, context = iba.split.features((x,), ())
     z = features.repeat_interleave(args.draws, 0).requires_grad_(True)
     expanded = iba.split.expand(context, images, args.draws)
+    z_cl = z.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
-    def floor():
+    def floor(rows):
+        with frozen_model(model):  # as in the loop: no parameter gradients
+            _floor_steps(rows)
+
+    def _floor_steps(rows):
         for _ in range(args.steps):
-            out = iba.split.outputs(z, expanded)
-            torch.autograd.grad(out[:, 0].sum(), [z])
+            out = iba.split.outputs(rows, expanded)
+            torch.autograd.grad(out[:, 0].sum(), [rows])
 
-    for param in model.parameters():
-        param.requires_grad_(False)
-    seconds = timed(floor, device)
-    rows.append((f"floor: {args.steps} x suffix fwd+bwd, {images} images", images, seconds / images))
+    with todays_loop():
+        reference = {beta: attribute(beta, channels_last=False) for beta in (10.0, args.small_beta)}
+    runs = {"today": lambda: _in_todays_loop(attribute)}
+    runs.update({name: (lambda kw=kw: attribute(**kw)) for name, kw in options.items()})
+    runs["floor, contiguous fp32 (today's floor)"] = lambda: floor(z)
+    runs["floor, channels_last fp32"] = lambda: floor(z_cl)
+    if args.naive_images:
+        runs["naive loop (reference way)"] = lambda: [
+            naive_map(model, layer, stats, x[i : i + 1], 0, args.steps, args.draws)
+            for i in range(args.naive_images)
+        ]
+    maps_per_run = {name: images for name in runs}
+    maps_per_run["naive loop (reference way)"] = args.naive_images
 
-    naive = rows[0][2]
-    floor_per_map = rows[-1][2]
-    print(f"DenseNet-121, {args.size} px, bottleneck after features.denseblock3, "
-          f"{args.steps} steps x {args.draws} draws, device {device}, split {iba.split.mode}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'method':45s} {'maps':>5s} {'s/map':>8s} {'maps/s':>8s} {'vs naive':>9s} {'vs floor':>9s}")
-    for name, n, per_map in rows:
-        print(f"{name:45s} {n:5d} {per_map:8.2f} {1 / per_map:8.2f} {naive / per_map:8.1f}x "
-              f"{per_map / floor_per_map:8.2f}x")
+    cold, differences = {}, {}
+    for name, kw in options.items():  # warm-up (compilation), and the maps compared
+        cold[name] = timed(lambda: attribute(**kw), device)
+        log(f"first call of {name}: {cold[name]:.1f} s")
+        differences[name] = [relative_difference(attribute(beta, **kw), reference[beta])
+                             for beta in (10.0, args.small_beta)]
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved: a busy machine slows every row alike
+        for name, run in runs.items():
+            times[name].append(timed(run, device) / maps_per_run[name])
+            log(f"{name}: {times[name][-1]:.3f} s/map")
+    per_map = {name: statistics.median(values) for name, values in times.items()}
+    limits = flop_limits(iba, z, expanded, device, args.steps, images)
+    report(args, device, iba, per_map, differences, cold, limits)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _in_todays_loop(attribute):
+    with todays_loop():
+        return attribute(channels_last=False)
+
+
+def flop_limits(iba, z, expanded, device, steps, images) -> dict:
+    """FLOPs per map and the seconds per map at this machine's matmul throughput."""
+    forward, total = suffix_flops(iba, z, expanded)
+    flops = total * steps / images
+    reduced = torch.float16 if device.type == "cuda" else torch.bfloat16
+    throughput = {"fp32": matmul_throughput(torch.float32, device), str(reduced): matmul_throughput(reduced, device)}
+    return {"flops": flops, "forward": forward * steps / images, "throughput": throughput, "limit": {k: flops / v for k, v in throughput.items()}}
+
+
+def report(args, device, iba, per_map, differences, cold, limits) -> None:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    print(f"DenseNet-121, {args.size} px, bottleneck after features.denseblock3, {args.steps} steps x "
+          f"{args.draws} draws, device {device}, split {iba.split.mode}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, median of {args.repeats}, load average {load}")
+    print(f"suffix forward+backward: {limits['flops'] / 1e9:.1f} GFLOP per map (forward "
+          f"{limits['forward'] / 1e9:.1f}; the backward counts the input gradients only); matmul throughput "
+          + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in limits["throughput"].items())
+          + "; limits " + ", ".join(f"{k} {v:.3f} s/map" for k, v in limits["limit"].items()))
+    naive = per_map.get("naive loop (reference way)")
+    today, floor = per_map["today"], per_map["floor, contiguous fp32 (today's floor)"]
+    reduced_limit = [v for k, v in limits["limit"].items() if k != "fp32"][0]
+    print(f"{'row':40s} {'s/map':>7s} {'vs naive':>9s} {'vs today':>9s} {'vs floor':>9s} "
+          f"{'vs limit':>9s} {'diff b=10':>10s} {'diff small':>10s} {'cold s':>7s}")
+    for name, seconds in per_map.items():
+        diff = differences.get(name, (None, None))
+        print(f"{name:40s} {seconds:7.3f} {_ratio(naive, seconds):>9s} {_ratio(today, seconds):>9s} "
+              f"{seconds / floor:8.2f}x {seconds / _limit(name, limits, reduced_limit):8.1f}x {_fmt(diff[0]):>10s} "
+              f"{_fmt(diff[1]):>10s} {_fmt(cold.get(name), '.1f'):>7s}")
+    print("vs naive / vs today: speed-up (higher is faster); vs floor, vs limit: time over that row "
+          "(lower is faster; the limit is the FLOP limit of the row's precision); diff: max |map - today's map| / max |today's map|, at beta 10 and "
+          f"beta {args.small_beta}; cold: the first call of the variant (compilation included).")
+
+
+def _limit(name, limits, reduced_limit) -> float:
+    return reduced_limit if ("bf16" in name or "fp16" in name) else limits["limit"]["fp32"]
+
+
+def _ratio(base, seconds) -> str:
+    return "-" if base is None else f"{base / seconds:.2f}x"
+
+
+def _fmt(value, spec=".1e") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

@@ -227,14 +227,27 @@ class HookSplit:
 
 
 class _LeafTracer(torch.fx.Tracer):
-    """Traces through every module except the bottleneck layer (and torch's own leaves)."""
+    """Traces through every module except the bottleneck layers (and torch's own leaves)."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.layer = layer
+        self.layers = {id(layer) for layer in layers}
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return module is self.layer or super().is_leaf_module(module, qualified_name)
+        return id(module) in self.layers or super().is_leaf_module(module, qualified_name)
+
+
+def trace_model(model: nn.Module, layers: Sequence[nn.Module]) -> torch.fx.Graph:
+    """The fx graph of ``model`` with ``layers`` kept as calls; ``ValueError`` if it does not trace."""
+    optional = [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.default is not inspect.Parameter.empty]
+    if optional:
+        # The trace takes every branch an argument could take (``if x2 is not None``).
+        raise ValueError(f"forward has optional arguments {optional}: the trace cannot follow them")
+    try:
+        return _LeafTracer(layers).trace(model)
+    except Exception as error:  # tracing fails in many ways on dynamic code
+        raise ValueError(f"the model does not trace with torch.fx: {error}") from error
 
 
 class FxSplit:
@@ -256,16 +269,9 @@ class FxSplit:
 
     mode = "fx"
 
-    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
-        optional = [p.name for p in inspect.signature(model.forward).parameters.values()
-                    if p.default is not inspect.Parameter.empty]
-        if optional:
-            # The trace takes every branch an argument could take (``if x2 is not None``).
-            raise ValueError(f"forward has optional arguments {optional}: the trace cannot follow them")
-        try:
-            graph = _LeafTracer(layer).trace(model)
-        except Exception as error:  # tracing fails in many ways on dynamic code
-            raise ValueError(f"the model does not trace with torch.fx: {error}") from error
+    def __init__(self, model: nn.Module, layer: nn.Module, graph: Optional[torch.fx.Graph] = None) -> None:
+        # ``graph``: a trace shared with other layers (see :class:`SharedPrefix`).
+        graph = trace_model(model, [layer]) if graph is None else graph
         layer_nodes = [
             node
             for node in graph.nodes
@@ -276,7 +282,7 @@ class FxSplit:
         if not layer_nodes:
             raise ValueError("the layer is not called in the traced model")
         (layer_node,) = layer_nodes
-        self.layer = layer
+        self.layer, self.model = layer, model
 
         downstream = {layer_node}
         for node in graph.nodes:
@@ -297,7 +303,9 @@ class FxSplit:
             # e.g. ``n = x.shape[0]`` before the layer, ``reshape(n, -1)`` after: the
             # value would be stale for the suffix's batch of noise draws.
             raise ValueError("the model uses a shape read before the layer after it")
-        self.prefix = torch.fx.GraphModule(model, _prefix_graph(graph, [layer_node] + carried))
+        #: The prefix's outputs: the layer's node, then the carried values.
+        self.prefix_outputs = [layer_node] + carried
+        self.prefix = torch.fx.GraphModule(model, _prefix_graph(graph, self.prefix_outputs))
         self.suffix = torch.fx.GraphModule(
             model, _suffix_graph(graph, layer_node, carried, suffix_nodes)
         )

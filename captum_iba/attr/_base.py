@@ -29,7 +29,9 @@ from .._validate import check_number, check_output, check_positive_int, flat_tar
 from ..bottleneck import capacity, lambda_from_alpha, mean_capacity, noisy_features, to_bits
 from ..objectives import CLASSIFICATION_LOSSES, Objective, get_objective, select_outputs
 from ..split import SPLIT_MODES, check_layer_in_model, frozen_model, make_split
+from ..suffix import SuffixRunner, check_channels_last, check_compile, check_precision
 from ..stats import FeatureStats, estimate_stats
+from ._inputs import check_stats, format_additional_args, format_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,14 @@ class BottleneckOptions:
         Model loss name or ``(outputs, target) -> per-sample loss``.
     relu : bool
         Clamp ``Z`` at 0 (for layers followed by non-negative activations).
+    channels_last : bool or "auto"
+        Build ``Z`` channels-last for the network after the layer (default
+        False); "auto" does where the traced suffix allows it (see
+        :mod:`captum_iba.suffix`).
+    precision : str
+        "fp32", "bf16" (autocast) or "fp16" (autocast, CUDA only).
+    compile : bool or str
+        ``torch.compile`` the suffix (True: inductor; or a backend name).
     """
 
     beta: float
@@ -72,6 +82,9 @@ class BottleneckOptions:
     active_neurons_threshold: float = 0.01
     loss: Union[str, Callable] = "ce"
     relu: bool = False
+    channels_last: Union[bool, str] = False
+    precision: str = "fp32"
+    compile: Union[bool, str] = False
 
     def __post_init__(self) -> None:
         check_positive_int(self.steps, "steps")
@@ -83,6 +96,9 @@ class BottleneckOptions:
         if self.sigma is not None:
             check_number(self.sigma, "sigma", minimum=0.0)
         check_number(self.active_neurons_threshold, "active_neurons_threshold", minimum=0.0, maximum=1.0)
+        check_channels_last(self.channels_last)
+        check_precision(self.precision)
+        check_compile(self.compile)
 
     @property
     def batch_size(self) -> int:
@@ -109,39 +125,6 @@ def rename_deprecated_options(options: dict) -> dict:
         raise TypeError("pass noise_draws or its deprecated alias batch_size, not both")
     options["noise_draws"] = value
     return options
-
-
-def format_inputs(inputs) -> Tuple[Tensor, ...]:
-    """Inputs as a tuple of tensors sharing the batch size, finite, as Captum takes them."""
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
-        raise TypeError("inputs must be a tensor or a tuple of tensors")
-    n = inputs[0].shape[0] if inputs[0].dim() > 0 else None
-    for x in inputs:
-        if x.dim() == 0 or x.shape[0] != n:
-            raise ValueError(
-                "inputs must share their first (batch) dimension; got shapes "
-                f"{[tuple(t.shape) for t in inputs]}"
-            )
-        if x.is_floating_point() and not torch.isfinite(x).all():
-            raise ValueError("inputs contain NaN or Inf")
-    if n == 0:
-        raise ValueError("inputs hold no samples (batch size 0)")
-    return inputs
-
-
-def format_additional_args(additional_forward_args) -> Tuple:
-    if additional_forward_args is None:
-        return ()
-    if isinstance(additional_forward_args, tuple):
-        return additional_forward_args
-    return (additional_forward_args,)
-
-
-def check_stats(stats, name: str = "stats") -> Optional[FeatureStats]:
-    if stats is not None and not isinstance(stats, FeatureStats):
-        raise TypeError(f"{name} must be a FeatureStats (or None), got {type(stats).__name__}")
-    return stats
 
 
 class BottleneckAttribution(LayerAttribution):
@@ -172,6 +155,9 @@ class BottleneckAttribution(LayerAttribution):
         active_neurons_threshold: float = 0.01,
         loss: Union[str, Callable, None] = None,
         relu: bool = False,
+        channels_last: Union[bool, str] = False,
+        precision: str = "fp32",
+        compile: Union[bool, str] = False,
         stats: Optional[FeatureStats] = None,
         split: str = "auto",
         batch_size: Optional[int] = None,
@@ -193,6 +179,9 @@ class BottleneckAttribution(LayerAttribution):
             active_neurons_threshold=active_neurons_threshold,
             loss=self._default_loss if loss is None else loss,
             relu=relu,
+            channels_last=channels_last,
+            precision=precision,
+            compile=compile,
         )
         if batch_size is not None:
             # noise_draws at its default does not conflict with the alias.
@@ -287,7 +276,9 @@ class BottleneckAttribution(LayerAttribution):
         seed: Optional[int],
         progress: bool,
         target_values=None,
+        prepared=None,
     ):
+        """The loop around one call; ``prepared``: ``(features, context)`` computed by the caller."""
         options, stats = self._resolve_options(dict(overrides))
         objective = get_objective(options.loss, self._losses)
         if reduce not in ("sum", "none"):
@@ -300,7 +291,7 @@ class BottleneckAttribution(LayerAttribution):
         with frozen_model(self.forward_func):
             split = self.split
             with torch.no_grad():
-                features, context = split.features(inputs, args)
+                features, context = split.features(inputs, args) if prepared is None else prepared
                 if stats.shape != tuple(features.shape[1:]):
                     raise ValueError(
                         f"stats were estimated for features of shape {stats.shape}, but the layer "
@@ -341,7 +332,10 @@ class BottleneckAttribution(LayerAttribution):
         """Minimise ``sign * L_model + beta * L_I`` over alpha; return the final lambda."""
         n, draws = features.shape[0], options.noise_draws
         mean, std, active = feature_stats
-        expanded = split.expand(context, n, draws)
+        runner = SuffixRunner(split, options.channels_last, options.precision, options.compile, features.device)
+        expanded = runner.prepare(split.expand(context, n, draws))
+        # One buffer for Z, rewritten every step (the previous step's graph is gone by then).
+        buffer = features.new_empty(n * draws * features[0].numel())
         target_rows = None if target is None else target.repeat_interleave(draws)
         reference_rows = None if reference is None else reference.repeat_interleave(draws)
         if seed is None:
@@ -357,8 +351,12 @@ class BottleneckAttribution(LayerAttribution):
                 device=features.device,
                 dtype=features.dtype,
             )
-            z = noisy_features(features, self._signal_fraction(lam), noise, active, options.relu)
-            outputs = split.outputs(z, expanded)
+            z = noisy_features(
+                features, self._signal_fraction(lam), noise, active, options.relu,
+                # Channels-last maps differ from today's anyway: take the cheaper form there.
+                channels_last=runner.channels_last, out=buffer, exact=not runner.channels_last,
+            )
+            outputs = runner(z, expanded)
             model_loss = objective(outputs, target_rows, reference_rows).view(n, draws).mean(1)
             information_loss = mean_capacity(capacity(features, lam, mean, std, active), active)
             loss = (self._loss_sign * model_loss + options.beta * information_loss).sum()

@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..maps import binarize, parse_threshold, resize_map
-from ..split import check_layer_in_model
+from ..split import check_layer_in_model, frozen_model
 from ..stats import FeatureStats, estimate_stats
-from ._base import BottleneckAttribution
+from ..split_shared import SharedPrefix
+from ._base import BottleneckAttribution, format_additional_args, format_inputs
 from .iba import IBA
 
 _COMBINE_MODES = ("masked", "intersection")
@@ -36,6 +37,12 @@ class MultiLayerIBA(LayerAttribution):
     bits inside the intersection of the coarser layers' masks, 0 elsewhere.
     With one layer, ``"masked"`` is exactly IBA.
 
+    The layers of one network nest (the part before dense block 3 contains
+    the part before dense block 1): each call runs that shared part once, up
+    to the deepest layer, and gives every layer's bottleneck its own feature
+    map (:class:`captum_iba.split_shared.SharedPrefix`); the maps equal those
+    of separate :class:`IBA` runs.
+
     Args:
         forward_func (nn.Module or callable): the model.
         layers (sequence of nn.Module): distinct submodules with 4-D outputs,
@@ -48,7 +55,8 @@ class MultiLayerIBA(LayerAttribution):
             :class:`InverseIBA`.
         stats (sequence of FeatureStats, optional): one per layer.
         **options: bottleneck options shared by every layer (``beta``,
-            ``steps``, ``loss``, ...; see :class:`IBA`).
+            ``steps``, ``loss``, the speed options ``channels_last``,
+            ``precision``, ``compile``, ...; see :class:`IBA`).
 
     Examples::
 
@@ -89,6 +97,7 @@ class MultiLayerIBA(LayerAttribution):
             method(forward_func, layer, stats=None if stats is None else stats[i], **options)
             for i, layer in enumerate(layers)
         ]
+        self._shared: Optional[SharedPrefix] = None
 
     @property
     def stats(self) -> List[Optional[FeatureStats]]:
@@ -159,12 +168,39 @@ class MultiLayerIBA(LayerAttribution):
         """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         combine = self.combine if combine is None else _check_combine(combine)
+        target_values = options.pop("target_values", None)
+        prepared = self._shared_features(inputs, additional_forward_args)
+        extra = {} if target_values is None else {"target_values": target_values}
         layer_maps = [
-            bottleneck.attribute(inputs, target, additional_forward_args, seed=seed, **options)
-            for bottleneck in tqdm(self.bottlenecks, disable=not progress, desc="layers", leave=False)
+            bottleneck._attribute(
+                inputs, target, additional_forward_args, options, "sum", False, seed, False,
+                prepared=layer_prepared, **extra,
+            )
+            for bottleneck, layer_prepared in tqdm(
+                list(zip(self.bottlenecks, prepared)), disable=not progress, desc="layers", leave=False
+            )
         ]
         combined = combine_layer_maps(layer_maps, threshold, combine)
         return (combined, layer_maps) if return_layer_maps else combined
+
+
+    def _shared_features(self, inputs, additional_forward_args) -> List[Tuple]:
+        """Every layer's ``(features, context)`` from one run of the shared prefix.
+
+        The layers' splits are cut from one trace (:class:`SharedPrefix`) and
+        given to the bottlenecks, so each suffix takes the context computed here.
+        """
+        if self._shared is None:
+            with frozen_model(self.forward_func):
+                self._shared = SharedPrefix(
+                    self.forward_func, self.layer, self.bottlenecks[0].split_mode
+                )
+            for bottleneck, split in zip(self.bottlenecks, self._shared.splits):
+                bottleneck._split = split
+        inputs = format_inputs(inputs)
+        args = format_additional_args(additional_forward_args)
+        with frozen_model(self.forward_func), torch.no_grad():
+            return self._shared.features(inputs, args)
 
 
 def combine_layer_maps(layer_maps: Sequence[Tensor], threshold, combine: str = "masked") -> Tensor:

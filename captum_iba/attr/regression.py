@@ -70,7 +70,8 @@ class RegressionIBA(IBA):
                 ``(N,)`` or one number, for ``loss="mse"`` (required there,
                 refused by the other losses).
             reduce, return_lambda, seed, progress, **options: as in
-                :meth:`IBA.attribute`.
+                :meth:`IBA.attribute`, the speed options ``channels_last``,
+                ``precision`` and ``compile`` included (same tolerances).
 
         Returns:
             Tensor: bits ``(N, 1, h, w)`` (``(N, C, h, w)`` with

@@ -1,0 +1,253 @@
+"""The speed options (channels_last, precision, compile), the cheaper Z ops and the shared prefix.
+
+Each option keeps the maps within its stated tolerance of the float32
+default; the compiled suffix is compiled once per (model, layer, shapes);
+channels_last is refused where the suffix calls ``.view``; Multi-layer IBA's
+shared prefix gives the maps of separate prefixes and runs once; the model is
+left exactly as found.
+"""
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from _toys import SmallCNN, tiny_densenet
+from captum_iba import IBA, InverseIBA, MultiLayerIBA
+from captum_iba.attr import _base
+from captum_iba.bottleneck import noisy_features
+from captum_iba.stats import estimate_stats
+from captum_iba.suffix import TOLERANCES, channels_last_refusal, compiled_count
+
+SIZE = 32
+
+
+def _data(n, seed):
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def densenet():
+    model = tiny_densenet(n_outputs=4)
+    layer = model.features.denseblock2
+    stats = estimate_stats(model, [layer], [_data(16, 0)], n_samples=16, progress=False)[0]
+    return model, layer, stats
+
+
+def _relative(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _map(model, layer, stats, beta, method=IBA, **options):
+    iba = method(model, layer, stats=stats, steps=4, noise_draws=3, beta=beta)
+    return iba.attribute(_data(2, 1), target=[1, 3], seed=0, **options)
+
+
+@pytest.mark.parametrize("beta", [10.0, 0.01])
+@pytest.mark.parametrize(
+    "options, tolerance",
+    [
+        ({"channels_last": True}, TOLERANCES["fp32"]),
+        ({"channels_last": "auto"}, TOLERANCES["fp32"]),
+        ({"precision": "bf16"}, TOLERANCES["bf16"]),
+        ({"compile": "aot_eager"}, TOLERANCES["fp32"]),
+        ({"compile": "aot_eager", "precision": "bf16", "channels_last": True}, TOLERANCES["bf16"]),
+    ],
+)
+def test_each_option_keeps_the_maps_within_its_tolerance(densenet, options, tolerance, beta):
+    model, layer, stats = densenet
+    reference = _map(model, layer, stats, beta, channels_last=False)
+    bits = _map(model, layer, stats, beta, **options)
+    assert reference.abs().max() > 0
+    assert _relative(bits, reference) <= tolerance
+
+
+def _todays_noisy_features(features, lam, noise, active=None, relu=False, **_):
+    features, noise = features * active, noise * active
+    z = torch.addcmul(noise, lam.unsqueeze(1), features.unsqueeze(1) - noise)
+    return (z.clamp(min=0) if relu else z).flatten(0, 1)
+
+
+@pytest.mark.parametrize("method, relu", [(IBA, False), (IBA, True), (InverseIBA, False)])
+def test_cheaper_z_ops_give_todays_maps(densenet, monkeypatch, method, relu):
+    """The default Z ops (a reused buffer, no N x draws allocation) round as before."""
+    model, layer, stats = densenet
+    new = _map(model, layer, stats, 1.0, method, relu=relu, channels_last=False)
+    monkeypatch.setattr(_base, "noisy_features", _todays_noisy_features)
+    today = _map(model, layer, stats, 1.0, method, relu=relu, channels_last=False)
+    assert torch.equal(new, today)  # bit for bit
+
+
+@pytest.mark.parametrize("channels_last, exact", [(False, True), (True, True), (False, False), (True, False)])
+def test_noisy_features_gradient_and_buffer_reuse(channels_last, exact):
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    noise = torch.randn(4, 3, 4, 5, generator=g, dtype=torch.float64)
+    active = torch.rand(3, 4, 5, generator=g) > 0.2
+    lam = torch.rand(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for relu in (False, True):
+        mix = lambda lam: noisy_features(  # noqa: E731
+            features, lam, noise, active, relu, channels_last=channels_last, exact=exact
+        )
+        assert torch.autograd.gradcheck(mix, (lam,))
+        assert mix(lam).is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    buffer = torch.empty(2 * 4 * 60, dtype=torch.float64)
+    weights = torch.randn(8, 3, 4, 5, generator=g, dtype=torch.float64)
+    for _ in range(2):  # the same buffer twice; the suffix may even modify Z in place
+        z = noisy_features(features, lam, noise, active, channels_last=channels_last, out=buffer, exact=exact)
+        (grad,) = torch.autograd.grad((z.relu_() * weights).sum(), [lam])
+        fresh = noisy_features(features, lam, noise, active, channels_last=channels_last)
+        (expected,) = torch.autograd.grad((fresh.relu() * weights).sum(), [lam])
+        assert torch.allclose(grad, expected)
+
+
+class ViewAfterConv(nn.Module):
+    """A head that flattens with ``.view``: breaks on a channels_last tensor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.layer = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(4, 2, 3, padding=1)
+        self.head = nn.Linear(2 * (SIZE // 2) ** 2, 3)
+
+    def forward(self, x):
+        h = self.conv(torch.relu(self.layer(torch.relu(self.stem(x)))))
+        return self.head(h.view(h.shape[0], -1))
+
+
+def test_channels_last_is_refused_for_a_view_after_a_conv():
+    model = ViewAfterConv().eval()
+    stats = estimate_stats(model, [model.layer], [_data(8, 0)], n_samples=8, progress=False)[0]
+    iba = IBA(model, model.layer, stats=stats, steps=2, noise_draws=2)
+    assert iba.split.mode == "fx"
+    assert ".view" in channels_last_refusal(iba.split)
+    with pytest.raises(ValueError, match=r"channels_last=True .*\.view"):
+        iba.attribute(_data(1, 1), target=0, seed=0, channels_last=True)
+    auto = iba.attribute(_data(1, 1), target=0, seed=0, channels_last="auto")  # falls back
+    assert torch.equal(auto, iba.attribute(_data(1, 1), target=0, seed=0, channels_last=False))
+    cnn = SmallCNN()
+    assert channels_last_refusal(IBA(cnn, cnn.layer).split) is None
+
+
+def test_the_compiled_suffix_is_compiled_once_per_model_layer_and_shape(densenet):
+    dynamo = pytest.importorskip("torch._dynamo")
+    model, layer, stats = densenet
+    dynamo.reset()
+    graphs = dynamo.utils.counters["stats"]
+
+    def run(n, iba=None):
+        iba = iba or IBA(model, layer, stats=stats, steps=2, noise_draws=2, compile="aot_eager")
+        iba.attribute(_data(n, 1), target=0, seed=0)
+        return graphs["unique_graphs"]
+
+    first = run(2)
+    assert first >= 1 and compiled_count(model) >= 1
+    iba = IBA(model, layer, stats=stats, steps=2, noise_draws=2, compile="aot_eager")
+    assert run(2, iba) == first and run(2, iba) == first  # another instance, another call: reused
+    assert run(3) > first  # another batch shape compiles again
+
+
+@pytest.mark.parametrize("split", ["auto", "hooks"])
+def test_multilayer_shared_prefix_gives_the_separate_maps_and_runs_once(densenet, split):
+    model, _, _ = densenet
+    layers = [model.features.denseblock1, model.features.denseblock2, model.features.denseblock3]
+    stats = estimate_stats(model, layers, [_data(16, 0)], n_samples=16, progress=False)
+    options = dict(steps=3, noise_draws=2, split=split)
+    ml = MultiLayerIBA(model, layers, stats=stats, **options)
+    calls = []
+    handle = model.features.conv0.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        _, shared = ml.attribute(_data(2, 1), target=[0, 2], seed=3, return_layer_maps=True)
+    finally:
+        handle.remove()
+    # The stem runs once for the three layers; with hooks the whole model also
+    # runs for each layer's clean output and at each of its steps.
+    assert len(calls) == (1 if split == "auto" else 1 + 3 * (1 + 3))
+    for layer, layer_stats, bits in zip(layers, stats, shared):
+        alone = IBA(model, layer, stats=layer_stats, **options).attribute(_data(2, 1), target=[0, 2], seed=3)
+        assert torch.allclose(bits, alone, rtol=1e-6, atol=1e-6)
+
+
+def _state(model):
+    return (
+        [(name, p.detach().clone(), p.dtype, p.stride(), p.requires_grad) for name, p in model.named_parameters()],
+        [(name, b.clone(), b.dtype, b.stride()) for name, b in model.named_buffers()],
+        [m.training for m in model.modules()],
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"channels_last": True}, {"precision": "bf16"}, {"compile": "aot_eager", "precision": "bf16", "channels_last": True}],
+)
+def test_the_model_is_left_exactly_as_found(options):
+    model = tiny_densenet(n_outputs=4, seed=1).train()
+    model.classifier.weight.requires_grad_(False)  # a mixed state, restored as it was
+    layer = model.features.denseblock2
+    with torch.no_grad():
+        stats = estimate_stats(model, [layer], [_data(8, 0)], n_samples=8, progress=False)[0]
+    before = _state(model)
+    IBA(model, layer, stats=stats, steps=2, noise_draws=2, **options).attribute(_data(1, 1), target=0, seed=0)
+    after = _state(model)
+    assert after[2] == before[2]
+    for old, new in zip(before[0] + before[1], after[0] + after[1]):
+        assert old[0] == new[0] and torch.equal(old[1], new[1]) and old[2:] == new[2:]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"channels_last": "yes"}, "channels_last"),
+        ({"precision": "fp8"}, "precision"),
+        ({"compile": "no-such-backend"}, "compile"),
+        ({"precision": "fp16"}, "CUDA"),
+    ],
+)
+def test_bad_speed_options_are_refused_with_their_name(densenet, options, message):
+    model, layer, stats = densenet
+    with pytest.raises(ValueError, match=message):
+        _map(model, layer, stats, 10.0, **options)
+
+
+def test_compile_needs_the_fx_split(densenet):
+    model, layer, stats = densenet
+    iba = IBA(model, layer, stats=stats, steps=2, noise_draws=2, split="hooks", compile="aot_eager")
+    with pytest.raises(ValueError, match="compile needs the fx split"):
+        iba.attribute(_data(1, 1), target=0)
+
+
+def _benchmark():
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_device_selection_without_a_gpu(monkeypatch):
+    speed = _benchmark()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert speed.pick_device().type == "cpu"
+    with pytest.raises(SystemExit, match="no CUDA"):
+        speed.pick_device("cuda")
+    assert "precision=fp16" in speed.variants(torch.device("cuda"))
+    assert "precision=bf16" in speed.variants(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert speed.pick_device().type == "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_and_channels_last_on_cuda_stay_within_tolerance():
+    model = tiny_densenet(n_outputs=4).cuda()
+    layer = model.features.denseblock2
+    stats = estimate_stats(model, [layer], [_data(16, 0).cuda()], n_samples=16, progress=False)[0]
+    iba = IBA(model, layer, stats=stats, steps=4, noise_draws=3)
+    x = _data(2, 1).cuda()
+    reference = iba.attribute(x, target=0, seed=0, channels_last=False)
+    assert _relative(iba.attribute(x, target=0, seed=0, channels_last=True), reference) <= TOLERANCES["fp32"]
+    assert _relative(iba.attribute(x, target=0, seed=0, precision="fp16"), reference) <= TOLERANCES["fp16"]
