@@ -140,7 +140,11 @@ def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--stats-samples", type=int, default=1000, metavar="N",
                         help="images to estimate the statistics from (default 1000)")
 
-    compute = parser.add_argument_group("compute")
+    _add_compute_arguments(parser.add_argument_group("compute"))
+
+
+def _add_compute_arguments(compute) -> None:
+    """``attribute``'s options on how the work is run (not what it computes)."""
     compute.add_argument("--batch-size", type=int, default=8, metavar="B", help="items per batch (default 8)")
     compute.add_argument("--device", default="auto",
                          help="auto (default: cuda if available), cpu, cuda; torchrun: cuda:LOCAL_RANK")
