@@ -169,8 +169,9 @@ def noisy_features(
     features : Tensor, shape (N, C, h, w)
     lam : Tensor, shape (N, C, h, w)
         Fraction of the signal kept; the only input that gets a gradient.
-    noise : Tensor, shape (B, C, h, w)
-        Noise draws ``eps``, shared by all N samples.
+    noise : Tensor, shape (B, C, h, w) or (N, B, C, h, w)
+        Noise draws ``eps``; a (B, ...) tensor is shared by all N samples (the
+        optimisation loop's case, the one the buffer path serves).
     active : Tensor of bool, shape (C, h, w), optional
         Inactive neurons are zeroed in ``Z``.
     relu : bool
@@ -195,8 +196,8 @@ def noisy_features(
     if active is not None:
         # Masking the per-sample inputs is cheap; masking Z would touch N * B maps.
         features, noise = features * active, noise * active
-    if features.requires_grad or noise.requires_grad:
-        # Differentiable in every input, as autograd gives it (not the loop's case).
+    if features.requires_grad or noise.requires_grad or noise.dim() == features.dim() + 1:
+        # Differentiable in every input, or per-sample noise (Readout IBA's training): autograd's form.
         z = torch.addcmul(noise, lam.unsqueeze(1), features.unsqueeze(1) - noise).flatten(0, 1)
         z = z.clamp(min=0) if relu else z
         return z.contiguous(memory_format=torch.channels_last) if channels_last else z

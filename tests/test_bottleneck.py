@@ -115,3 +115,15 @@ def test_lambda_is_smoothed_sigmoid_and_bits():
     assert torch.allclose(lambda_from_alpha(alpha, None), torch.sigmoid(alpha))
     assert torch.allclose(lambda_from_alpha(alpha, 1.0), smooth(torch.sigmoid(alpha), 1.0))
     assert to_bits(torch.tensor(math.log(2))).item() == pytest.approx(1.0)
+
+
+def test_noisy_features_takes_per_sample_noise_as_well_as_shared_noise():
+    # Readout IBA draws noise per sample (N, B, ...); the loop shares it (B, ...): both are Z = lam F + (1-lam) eps.
+    generator = torch.Generator().manual_seed(0)
+    features, lam = torch.randn(3, 4, 5, 5, generator=generator), torch.rand(3, 4, 5, 5, generator=generator)
+    per_sample = torch.randn(3, 2, 4, 5, 5, generator=generator)
+    expected = (lam.unsqueeze(1) * features.unsqueeze(1) + (1 - lam.unsqueeze(1)) * per_sample).flatten(0, 1)
+    assert torch.allclose(noisy_features(features, lam, per_sample), expected, atol=1e-6)
+    shared = per_sample[0]
+    expected = (lam.unsqueeze(1) * features.unsqueeze(1) + (1 - lam.unsqueeze(1)) * shared).flatten(0, 1)
+    assert torch.allclose(noisy_features(features, lam, shared), expected, atol=1e-6)
