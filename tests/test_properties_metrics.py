@@ -152,9 +152,12 @@ def test_map_correlation_is_affine_invariant_and_odd(n, height, width, seed, sca
 
 @given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 40), st.integers(1, 40), SEEDS)
 def test_resize_map_preserves_the_total(h, w, height, width, seed):
-    # Exact for a constant map at any sizes, and for any map at integer upsampling factors.
-    constant = torch.full((1, 1, h, w), 0.5, dtype=torch.float64)
-    assert math.isclose(resize_map(constant, (height, width)).sum().item(), constant.sum().item(), rel_tol=1e-9)
+    # Exact for any non-negative map (bits) at any sizes, up or down; a signed map exactly when the
+    # interpolation moves no mass (a constant map, integer upsampling factors).
     maps = torch.rand(2, 1, h, w, generator=_generator(seed), dtype=torch.float64)
-    upsampled = resize_map(maps, (h * (1 + height % 4), w * (1 + width % 4)))
-    assert torch.allclose(upsampled.sum((2, 3)), maps.sum((2, 3)), rtol=1e-9)
+    assert torch.allclose(resize_map(maps, (height, width)).sum((2, 3)), maps.sum((2, 3)), rtol=1e-9)
+    constant = torch.full((1, 1, h, w), -0.5, dtype=torch.float64)
+    assert math.isclose(resize_map(constant, (height, width)).sum().item(), constant.sum().item(), rel_tol=1e-9)
+    signed = maps - 0.5
+    upsampled = resize_map(signed, (h * (1 + height % 4), w * (1 + width % 4)))
+    assert torch.allclose(upsampled.sum((2, 3)), signed.sum((2, 3)), rtol=1e-9, atol=1e-12)
