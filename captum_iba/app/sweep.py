@@ -17,6 +17,7 @@ import torch
 from .. import viz
 from ..cxr import FINDINGS
 from ..cxr.layers import bottleneck_candidates
+from ..methods import METHODS
 from ..stats import estimate_stats
 from .evaluation import (EvaluationSettings, attribute_all, finding_pairs, items_with, localisation_scores,
                          regression_scores)
@@ -93,9 +94,10 @@ def sweep_study(inputs: ReportInputs, results: dict, figures: dict, settings: Ev
     results["sweep"] = {"stages": stages, "grids": {name: list(shape[1:]) for name, shape in candidates},
                         "images": inputs.sweep_images, "rows": rows}
     grids = [results["sweep"]["grids"][stage][0] for stage in stages]
-    curves = {f"{row} IoU": [rows[row][stage]["iou"] for stage in stages] for row, _, _ in SWEEP_METHODS}
+    curves = {f"{METHODS[method].label} IoU": [rows[row][stage]["iou"] for stage in stages]
+              for row, method, _ in SWEEP_METHODS}
     if "regression_deviation" in rows:
         curves["Regression IBA PCC"] = [rows["regression_deviation"][stage]["pcc"] for stage in stages]
     figures["sweep_layers"] = Figure(viz.curves, grids, curves, xlabel="cells per side of the bottleneck map",
-                                     ylabel="IoU (localisation) / PCC (severity)", logx=True,
+                                     ylabel="IoU (localisation) / PCC (severity)",
                                      title="Layer sweep: the bottleneck at every stage")
