@@ -96,11 +96,33 @@ class FeatureStats:
         self._require_data()
         return self.nonzero / self.count > threshold
 
+    def state_dict(self) -> dict:
+        """The statistics as a dict of plain values (``count`` and the tensors), as :meth:`save` writes them."""
+        self._require_data()
+        return {"count": self.count, **{key: getattr(self, key) for key in _TENSOR_KEYS}}
+
+    @classmethod
+    def from_state_dict(cls, state, where: str = "state") -> "FeatureStats":
+        """Statistics from :meth:`state_dict`'s dict; ``where`` names its source in errors (ValueError)."""
+        if not isinstance(state, dict) or isinstance(state.get("count"), bool) or not isinstance(
+                state.get("count"), int):
+            raise ValueError(f"{where} is not a valid FeatureStats file: 'count' is missing")
+        stats = cls()
+        stats.count = int(state["count"])
+        shapes = set()
+        for key in _TENSOR_KEYS:
+            value = state.get(key)
+            if not isinstance(value, Tensor):
+                raise ValueError(f"{where} is not a valid FeatureStats file: {key!r} is missing")
+            setattr(stats, key, value)
+            shapes.add(tuple(value.shape))
+        if len(shapes) != 1:
+            raise ValueError(f"{where} is not a valid FeatureStats file: tensors differ in shape")
+        return stats
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the statistics to ``path`` atomically (temp file, then rename)."""
-        self._require_data()
-        payload = {"format": _FORMAT, "count": self.count}
-        payload.update({key: getattr(self, key) for key in _TENSOR_KEYS})
+        payload = {"format": _FORMAT, **self.state_dict()}
         buffer = io.BytesIO()
         torch.save(payload, buffer)  # in memory first: a full disk then fails as an OSError with its errno
         with atomic_path(path) as temporary:
@@ -128,18 +150,7 @@ class FeatureStats:
             ) from error
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{path!r} is not a FeatureStats file (missing format tag {_FORMAT!r})")
-        stats = cls()
-        stats.count = int(payload["count"])
-        shapes = set()
-        for key in _TENSOR_KEYS:
-            value = payload.get(key)
-            if not isinstance(value, Tensor):
-                raise ValueError(f"{path!r} is not a valid FeatureStats file: {key!r} is missing")
-            setattr(stats, key, value)
-            shapes.add(tuple(value.shape))
-        if len(shapes) != 1:
-            raise ValueError(f"{path!r} is not a valid FeatureStats file: tensors differ in shape")
-        return stats
+        return cls.from_state_dict(payload, repr(path))
 
     def __repr__(self) -> str:
         return f"FeatureStats(count={self.count}, shape={self.shape})"

@@ -29,7 +29,6 @@ from ..stats import FeatureStats
 from ._base import check_stats
 
 FORMAT = "captum_iba.ReadoutIBA/1"
-_STATS_KEYS = ("mean", "m2", "nonzero")
 #: Most bytes of first passes that ``fit`` keeps in memory for its later epochs (see its ``cache``).
 FIRST_PASS_CACHE_BYTES = 2 * 1024**3
 #: Options that define the map of a trained readout: saved with it and restored by load().
@@ -189,20 +188,6 @@ def layer_names(forward_func, layers) -> Optional[List[str]]:
     return [names[id(layer)] for layer in layers]
 
 
-def _stats_payload(stats: FeatureStats) -> dict:
-    return {"count": stats.count, **{key: getattr(stats, key) for key in _STATS_KEYS}}
-
-
-def _stats_from_payload(entry, path) -> FeatureStats:
-    stats = FeatureStats()
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), Tensor) for k in _STATS_KEYS):
-        raise ValueError(f"{os.fspath(path)!r} is not a valid ReadoutIBA file: bad statistics")
-    stats.count = int(entry["count"])
-    for key in _STATS_KEYS:
-        setattr(stats, key, entry[key])
-    return stats
-
-
 def _read_payload(path) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -227,7 +212,7 @@ def write_readout(readout, path) -> None:
         "optimizer": readout._optimizer.state_dict(),
         "epochs_trained": readout.epochs_trained,
         "history": readout.history,
-        "stats": [_stats_payload(s) for s in (readout.stats, *readout.readout_stats)],
+        "stats": [s.state_dict() for s in (readout.stats, *readout.readout_stats)],
     }
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
@@ -248,7 +233,8 @@ def read_readout(readout, path) -> Tuple[dict, ReadoutNetwork, torch.optim.Optim
             f"{os.fspath(path)!r} was trained with layer and readout_layers {payload['layers']}, "
             f"this instance has {names}"
         )
-    stats = [_stats_from_payload(entry, path) for entry in payload["stats"]]
+    stats = [FeatureStats.from_state_dict(entry, f"the statistics in {os.fspath(path)!r}")
+             for entry in payload["stats"]]
     if len(stats) != 1 + len(readout.readout_layers):
         raise ValueError(f"{os.fspath(path)!r} holds {len(stats) - 1} readout layers' statistics, "
                          f"this instance has {len(readout.readout_layers)} readout layers")
