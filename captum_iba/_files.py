@@ -140,3 +140,23 @@ def error_line(error: BaseException) -> str:
     else:
         text = str(error) or type(error).__name__
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def read_tagged(path, format_tag: str, kind: str, short: str) -> dict:
+    """A dict that ``torch.save`` wrote with ``{"format": format_tag, ...}``, read with ``weights_only=True``.
+
+    Raises ``FileNotFoundError`` ("``short`` file not found") when ``path`` is
+    no file, and ``ValueError`` naming ``kind`` when it is unreadable or lacks the tag.
+    """
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{short} file not found: {path!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for bad files
+        raise ValueError(f"{path!r} is not a readable {kind} file (truncated or corrupt?): {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != format_tag:
+        raise ValueError(f"{path!r} is not a {kind} file (missing format tag {format_tag!r})")
+    return payload

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._files import atomic_path
+from ._files import atomic_path, read_tagged
 from ._validate import check_positive_int
 from .split import capture_layer_outputs, frozen_model
 
@@ -139,18 +139,8 @@ class FeatureStats:
         ValueError
             If the file is truncated, corrupt, or not a FeatureStats file.
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"stats file not found: {path!r}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for bad files
-            raise ValueError(
-                f"{path!r} is not a readable FeatureStats file (truncated or corrupt?): {error}"
-            ) from error
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path!r} is not a FeatureStats file (missing format tag {_FORMAT!r})")
-        return cls.from_state_dict(payload, repr(path))
+        payload = read_tagged(path, _FORMAT, "FeatureStats", "stats")
+        return cls.from_state_dict(payload, repr(os.fspath(path)))
 
     def __repr__(self) -> str:
         return f"FeatureStats(count={self.count}, shape={self.shape})"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, SequentialSampler
 
-from .._files import atomic_path
+from .._files import atomic_path, read_tagged
 from ..split import check_layer_in_model, owning_module
 from ..stats import FeatureStats
 from ._base import check_stats
@@ -188,19 +188,6 @@ def layer_names(forward_func, layers) -> Optional[List[str]]:
     return [names[id(layer)] for layer in layers]
 
 
-def _read_payload(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"readout file not found: {path!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for bad files
-        raise ValueError(f"{path!r} is not a readable ReadoutIBA file (truncated or corrupt?): {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not a ReadoutIBA file (missing format tag {FORMAT!r})")
-    return payload
-
-
 def write_readout(readout, path) -> None:
     """Write ``readout`` (a trained ReadoutIBA) to ``path`` atomically (see the module notes)."""
     payload = {
@@ -226,7 +213,7 @@ def read_readout(readout, path) -> Tuple[dict, ReadoutNetwork, torch.optim.Optim
     FileNotFoundError, ValueError
         As :meth:`ReadoutIBA.load <captum_iba.attr.readout.ReadoutIBA.load>`.
     """
-    payload = _read_payload(path)
+    payload = read_tagged(path, FORMAT, "ReadoutIBA", "readout")
     names = layer_names(readout.forward_func, [readout.layer, *readout.readout_layers])
     if names is not None and payload["layers"] is not None and names != payload["layers"]:
         raise ValueError(
