@@ -8,13 +8,16 @@ Rows (each the median of ``--repeats`` interleaved repeats, s per map):
 
 * naive: the reference implementation's way -- one image at a time, the whole
   network forward and backward at every step, parameters requiring grad;
-* today: the batched ``IBA.attribute`` loop as it was before the speed
-  options (contiguous float32 suffix, ``Z`` formed with ``F - eps`` per draw);
-* the variants of ``IBA.attribute`` on the same batch: the default, and the
+* today: the batched ``IBA.attribute`` loop as issue 15 measured it
+  (contiguous float32 suffix as traced, ``Z`` formed with ``F - eps`` per draw);
+* the variants of ``IBA.attribute`` on the same batch: the default (the fused
+  suffix), ``fuse=False`` (last round's default: buffer reuse only), and the
   ``channels_last`` / ``compile`` / ``precision`` options;
 * floors: ``steps`` x forward + backward of the network after the layer
-  alone on the ``images x draws`` rows, contiguous float32 (today's floor) and
-  channels-last -- what a loop must at least compute in that format;
+  alone on the ``images x draws`` rows: as traced, contiguous float32
+  (today's floor), fused float32 (the default's), channels-last float32, and
+  fused channels-last under bf16 autocast -- what a loop must at least compute
+  in that form;
 * FLOP limits: the suffix's forward + backward FLOPs per map
   (``FlopCounterMode``) over this machine's measured fp32 / bf16 (fp16 on a
   GPU) matmul throughput.
@@ -22,6 +25,9 @@ Rows (each the median of ``--repeats`` interleaved repeats, s per map):
 The map differences are against today's loop (float32, same seed), as the
 largest absolute difference over the largest map value, at beta 10 and at
 ``--small-beta`` (0.01: the model loss dominates, maps of hundreds of bits).
+float32's own spread is printed beside them: today's loop at one thread
+against ``torch.get_num_threads()`` threads, and one image at a time against
+the batch -- the same code, summing in another order.
 
 Run:  .venv/bin/python benchmarks/speed.py            (--quick: 64 px, 2 steps, 1 repeat)
 """
@@ -44,6 +50,7 @@ from captum_iba.attr import _base
 from captum_iba.bottleneck import capacity, lambda_from_alpha, mean_capacity
 from captum_iba.split import frozen_model
 from captum_iba.stats import FeatureStats
+from captum_iba.suffix import SuffixRunner
 
 
 def pick_device(name=None) -> torch.device:
@@ -58,9 +65,10 @@ def pick_device(name=None) -> torch.device:
 
 def variants(device: torch.device) -> dict:
     """The IBA options timed on ``device``: name -> attribute() keywords."""
-    reduced = "fp16" if device.type == "cuda" else "bf16"
+    reduced = reduced_name(device)
     return {
         "default": {},
+        "fuse=False (last round's default)": {"fuse": False},
         "channels_last": {"channels_last": True},
         "compile": {"compile": True},
         f"precision={reduced}": {"precision": reduced},
@@ -190,29 +198,25 @@ def main(argv=None) -> None:
     iba = IBA(model, layer, stats=stats, loss="bce", steps=args.steps, noise_draws=args.draws)
     options = {k: v for k, v in variants(device).items() if k not in args.skip}
 
-    def attribute(beta=10.0, **kw):
-        return iba.attribute(x, target=0, seed=0, beta=beta, **kw)
+    def attribute(beta=10.0, inputs=x, **kw):
+        return iba.attribute(inputs, target=0, seed=0, beta=beta, **kw)
 
     features, context = iba.split.features((x,), ())
-    z = features.repeat_interleave(args.draws, 0).requires_grad_(True)
     expanded = iba.split.expand(context, images, args.draws)
-    z_cl = z.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-
-    def floor(rows):
-        with frozen_model(model):  # as in the loop: no parameter gradients
-            _floor_steps(rows)
-
-    def _floor_steps(rows):
-        for _ in range(args.steps):
-            out = iba.split.outputs(rows, expanded)
-            torch.autograd.grad(out[:, 0].sum(), [rows])
+    z = features.repeat_interleave(args.draws, 0).requires_grad_(True)
+    floors = {
+        "floor, as traced, contiguous fp32 (today's floor)": dict(fuse=False),
+        "floor, fused, contiguous fp32 (the default's)": dict(fuse=True),
+        "floor, as traced, channels_last fp32": dict(fuse=False, channels_last=True),
+        f"floor, fused, channels_last {reduced_name(device)}": dict(fuse=True, channels_last=True,
+                                                                    precision=reduced_name(device)),
+    }
 
     with todays_loop():
-        reference = {beta: attribute(beta, channels_last=False) for beta in (10.0, args.small_beta)}
+        reference = {beta: attribute(beta, channels_last=False, fuse=False) for beta in (10.0, args.small_beta)}
     runs = {"today": lambda: _in_todays_loop(attribute)}
     runs.update({name: (lambda kw=kw: attribute(**kw)) for name, kw in options.items()})
-    runs["floor, contiguous fp32 (today's floor)"] = lambda: floor(z)
-    runs["floor, channels_last fp32"] = lambda: floor(z_cl)
+    runs.update({name: floor_steps(iba, features, expanded, args.draws, args.steps, **kw) for name, kw in floors.items()})
     if args.naive_images:
         runs["naive loop (reference way)"] = lambda: [
             naive_map(model, layer, stats, x[i : i + 1], 0, args.steps, args.draws)
@@ -221,6 +225,7 @@ def main(argv=None) -> None:
     maps_per_run = {name: images for name in runs}
     maps_per_run["naive loop (reference way)"] = args.naive_images
 
+    spread = float32_spread(attribute, x, reference, args.small_beta)
     cold, differences = {}, {}
     for name, kw in options.items():  # warm-up (compilation), and the maps compared
         cold[name] = timed(lambda: attribute(**kw), device)
@@ -234,7 +239,7 @@ def main(argv=None) -> None:
             log(f"{name}: {times[name][-1]:.3f} s/map")
     per_map = {name: statistics.median(values) for name, values in times.items()}
     limits = flop_limits(iba, z, expanded, device, args.steps, images)
-    report(args, device, iba, per_map, differences, cold, limits)
+    report(args, device, iba, per_map, differences, cold, limits, spread)
 
 
 def log(message: str) -> None:
@@ -243,7 +248,57 @@ def log(message: str) -> None:
 
 def _in_todays_loop(attribute):
     with todays_loop():
-        return attribute(channels_last=False)
+        return attribute(channels_last=False, fuse=False)
+
+
+def reduced_name(device) -> str:
+    return "fp16" if device.type == "cuda" else "bf16"
+
+
+def floor_steps(iba, features, expanded, draws, steps, **options):
+    """A run of ``steps`` x forward + backward of the suffix alone, as the loop runs it with ``options``.
+
+    The rows are what the loop hands the suffix: ``Z`` itself, or (fused) its
+    image under the folded leading BatchNorm, ReLU and pool.
+    """
+    options = {"channels_last": False, "precision": "fp32", "compile": False, "relu_z": False, **options}
+    runner = SuffixRunner(iba.split, features=features, **options)
+    rows = features
+    if runner.leading is not None:
+        rows = runner.leading.apply(features)
+        rows = rows.clamp(min=0) if runner.leading.relu else rows
+        rows = torch.nn.functional.avg_pool2d(rows, runner.leading.pool) if runner.leading.pool != 1 else rows
+    rows = rows.repeat_interleave(draws, 0)
+    if runner.channels_last:
+        rows = rows.contiguous(memory_format=torch.channels_last)
+    rows = rows.requires_grad_(True)
+    context = runner.prepare(expanded)
+
+    def run():
+        with frozen_model(iba.forward_func):  # as in the loop: no parameter gradients
+            for _ in range(steps):
+                torch.autograd.grad(runner(rows, context)[:, 0].sum(), [rows])
+
+    return run
+
+
+def float32_spread(attribute, x, reference, small_beta) -> dict:
+    """Today's loop against itself, summing in another order: one thread, and one image at a time."""
+    threads = torch.get_num_threads()
+    spread = {}
+    with todays_loop():
+        torch.set_num_threads(1)
+        try:
+            one_thread = [attribute(beta, channels_last=False, fuse=False) for beta in (10.0, small_beta)]
+        finally:
+            torch.set_num_threads(threads)
+        spread[f"1 thread vs {threads}"] = [relative_difference(m, reference[b])
+                                            for m, b in zip(one_thread, (10.0, small_beta))]
+        alone = [torch.cat([attribute(beta, channels_last=False, fuse=False, inputs=x[i : i + 1])
+                            for i in range(x.shape[0])]) for beta in (10.0, small_beta)]
+        spread["one image at a time vs the batch"] = [relative_difference(m, reference[b])
+                                                      for m, b in zip(alone, (10.0, small_beta))]
+    return spread
 
 
 def flop_limits(iba, z, expanded, device, steps, images) -> dict:
@@ -255,7 +310,7 @@ def flop_limits(iba, z, expanded, device, steps, images) -> dict:
     return {"flops": flops, "forward": forward * steps / images, "throughput": throughput, "limit": {k: flops / v for k, v in throughput.items()}}
 
 
-def report(args, device, iba, per_map, differences, cold, limits) -> None:
+def report(args, device, iba, per_map, differences, cold, limits, spread) -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
     print(f"DenseNet-121, {args.size} px, bottleneck after features.denseblock3, {args.steps} steps x "
           f"{args.draws} draws, device {device}, split {iba.split.mode}, torch {torch.__version__}, "
@@ -265,18 +320,20 @@ def report(args, device, iba, per_map, differences, cold, limits) -> None:
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in limits["throughput"].items())
           + "; limits " + ", ".join(f"{k} {v:.3f} s/map" for k, v in limits["limit"].items()))
     naive = per_map.get("naive loop (reference way)")
-    today, floor = per_map["today"], per_map["floor, contiguous fp32 (today's floor)"]
+    today, floor = per_map["today"], per_map["floor, as traced, contiguous fp32 (today's floor)"]
     reduced_limit = [v for k, v in limits["limit"].items() if k != "fp32"][0]
-    print(f"{'row':40s} {'s/map':>7s} {'vs naive':>9s} {'vs today':>9s} {'vs floor':>9s} "
+    print(f"{'row':50s} {'s/map':>7s} {'vs naive':>9s} {'vs today':>9s} {'vs floor':>9s} "
           f"{'vs limit':>9s} {'diff b=10':>10s} {'diff small':>10s} {'cold s':>7s}")
     for name, seconds in per_map.items():
         diff = differences.get(name, (None, None))
-        print(f"{name:40s} {seconds:7.3f} {_ratio(naive, seconds):>9s} {_ratio(today, seconds):>9s} "
+        print(f"{name:50s} {seconds:7.3f} {_ratio(naive, seconds):>9s} {_ratio(today, seconds):>9s} "
               f"{seconds / floor:8.2f}x {seconds / _limit(name, limits, reduced_limit):8.1f}x {_fmt(diff[0]):>10s} "
               f"{_fmt(diff[1]):>10s} {_fmt(cold.get(name), '.1f'):>7s}")
     print("vs naive / vs today: speed-up (higher is faster); vs floor, vs limit: time over that row "
           "(lower is faster; the limit is the FLOP limit of the row's precision); diff: max |map - today's map| / max |today's map|, at beta 10 and "
           f"beta {args.small_beta}; cold: the first call of the variant (compilation included).")
+    for name, (big, small) in spread.items():
+        print(f"float32's own spread, today's loop, {name}: {_fmt(big)} at beta 10, {_fmt(small)} at beta {args.small_beta}")
 
 
 def _limit(name, limits, reduced_limit) -> float:

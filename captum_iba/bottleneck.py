@@ -153,6 +153,7 @@ def noisy_features(
     channels_last: bool = False,
     out: Optional[Tensor] = None,
     exact: bool = True,
+    pool: int = 1,
 ) -> Tensor:
     """``Z = lam * F + (1 - lam) * eps`` for every noise draw.
 
@@ -187,12 +188,21 @@ def noisy_features(
         the buffer as scratch space (``Z``'s values are gone after it).
     exact : bool
         Keep the rounding of ``eps + lam * (F - eps)`` (see above).
+    pool : int
+        Return ``Z`` averaged over non-overlapping ``pool x pool`` windows
+        (``avg_pool2d(Z, pool)``; ``h`` and ``w`` divisible by ``pool``): the
+        network's leading average pooling folded in, so that with ``out``
+        its backward too runs on the buffer, without a fresh full-size map.
 
     Returns
     -------
-    Tensor, shape (N * B, C, h, w)
+    Tensor, shape (N * B, C, h / pool, w / pool)
         Sample-major: rows ``i * B ... (i + 1) * B - 1`` belong to sample ``i``.
     """
+    if pool != 1 and (features.shape[2] % pool or features.shape[3] % pool or channels_last):
+        raise ValueError(
+            f"pool={pool} needs a contiguous Z whose sides {tuple(features.shape[2:])} it divides"
+        )
     if active is not None:
         # Masking the per-sample inputs is cheap; masking Z would touch N * B maps.
         features, noise = features * active, noise * active
@@ -200,8 +210,9 @@ def noisy_features(
         # Differentiable in every input, or per-sample noise (Readout IBA's training): autograd's form.
         z = torch.addcmul(noise, lam.unsqueeze(1), features.unsqueeze(1) - noise).flatten(0, 1)
         z = z.clamp(min=0) if relu else z
+        z = F.avg_pool2d(z, pool) if pool != 1 else z
         return z.contiguous(memory_format=torch.channels_last) if channels_last else z
-    return _MixNoise.apply(lam, features, noise, relu, channels_last, out, exact)
+    return _MixNoise.apply(lam, features, noise, relu, channels_last, out, exact, pool)
 
 
 class _MixNoise(torch.autograd.Function):
@@ -212,10 +223,13 @@ class _MixNoise(torch.autograd.Function):
     into the buffer instead of fresh memory. Otherwise the per-sample form:
     ``Z = lam * F + (1 - lam) * eps`` with ``lam * F`` and ``1 - lam`` computed
     once per sample, and ``F * sum_b g_b - sum_b g_b * eps_b`` as gradient.
+    With ``pool``, the output is ``Z`` average-pooled and the gradient of ``Z``
+    (the pooled gradient over ``pool^2``, spread over each window) is
+    multiplied into the buffer in place.
     """
 
     @staticmethod
-    def forward(ctx, lam, features, noise, relu, channels_last, out, exact):
+    def forward(ctx, lam, features, noise, relu, channels_last, out, exact, pool):
         shape = features.shape  # (N, C, h, w)
         order = (0, 2, 3, 1) if channels_last else (0, 1, 2, 3)
         flat = lambda t: t.permute(order).reshape(t.shape[0], 1, -1)  # noqa: E731
@@ -228,35 +242,48 @@ class _MixNoise(torch.autograd.Function):
             torch.addcmul(eps, flat(lam), work, out=work)
         else:
             torch.addcmul(flat(lam * features), flat(1 - lam), eps, out=work)
-        mask = None
+        clamped = None
         if relu:
-            mask = work >= 0  # where clamp(min=0) passes the gradient
+            clamped = work < 0  # where clamp(min=0) stops the gradient
             work.clamp_(min=0)
-        ctx.save_for_backward(flat(features), eps, mask)
+        ctx.save_for_backward(flat(features), eps, clamped)
         # The loop's buffer is free again by the time Z's gradient arrives (the
         # buffer itself, not Z: a reference to an output would make a cycle).
         ctx.scratch = None if out is None else out.view(-1)[: work.numel()].view(work.shape)
-        ctx.layout, ctx.exact = (shape, order), exact
-        return z
+        ctx.layout, ctx.exact, ctx.pool = (shape, order), exact, pool
+        return F.avg_pool2d(z, pool) if pool != 1 else z
 
     @staticmethod
     def backward(ctx, grad_z):
-        features, eps, mask = ctx.saved_tensors
+        features, eps, clamped = ctx.saved_tensors
         shape, order = ctx.layout
         n, draws = shape[0], eps.shape[1]
+        if ctx.pool != 1:  # a contiguous Z (noisy_features checks)
+            k = ctx.pool
+            difference = torch.sub(features, eps, out=ctx.scratch)
+            windows = difference.view(n * draws, shape[1], shape[2] // k, k, shape[3] // k, k)
+            windows.mul_((grad_z / (k * k)).unsqueeze(3).unsqueeze(5))
+            grad_lam = _unclamped(difference, clamped).sum(1)
+            return grad_lam.view(shape), None, None, None, None, None, None, None
         # A gradient in another memory format is made contiguous in ours (one copy).
         grad = grad_z.permute(order).reshape(n, draws, -1)
-        if mask is not None:
-            grad = torch.where(mask, grad, 0.0)
         if ctx.exact:
-            difference = torch.sub(features, eps, out=ctx.scratch)
-            grad_lam = difference.mul_(grad).sum(1)
+            # (F - eps) * g, zeroed where the clamp stopped it: in the buffer, no fresh map.
+            difference = torch.sub(features, eps, out=ctx.scratch).mul_(grad)
+            grad_lam = _unclamped(difference, clamped).sum(1)
         else:
+            if clamped is not None:
+                grad = torch.where(clamped, 0.0, grad)
             against_noise = torch.einsum("nbk,bk->nk", grad, eps[0])
             grad_lam = torch.addcmul(-against_noise, features[:, 0], grad.sum(1))
         permuted = [n] + [shape[i] for i in order[1:]]
         inverse = [order.index(i) for i in range(4)]
-        return grad_lam.view(permuted).permute(inverse).contiguous(), None, None, None, None, None, None
+        return grad_lam.view(permuted).permute(inverse).contiguous(), None, None, None, None, None, None, None
+
+
+def _unclamped(grad: Tensor, clamped: Optional[Tensor]) -> Tensor:
+    """``grad`` zeroed in place where the clamp at 0 stopped it (a bool mask, no float copy)."""
+    return grad if clamped is None else grad.masked_fill_(clamped, 0.0)
 
 
 def _new_maps(shape, channels_last: bool, like: Tensor, out: Optional[Tensor]) -> Tensor:

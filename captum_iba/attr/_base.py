@@ -70,6 +70,9 @@ class BottleneckOptions:
         "fp32", "bf16" (autocast) or "fp16" (autocast, CUDA only).
     compile : bool or str
         ``torch.compile`` the suffix (True: inductor; or a backend name).
+    fuse : bool
+        Run the suffix with exact algebraic rewrites (default True; fx split
+        only): see :func:`captum_iba.suffix.fuse_suffix`.
     """
 
     beta: float
@@ -85,6 +88,7 @@ class BottleneckOptions:
     channels_last: Union[bool, str] = False
     precision: str = "fp32"
     compile: Union[bool, str] = False
+    fuse: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int(self.steps, "steps")
@@ -99,6 +103,8 @@ class BottleneckOptions:
         check_channels_last(self.channels_last)
         check_precision(self.precision)
         check_compile(self.compile)
+        if not isinstance(self.fuse, bool):
+            raise ValueError(f"fuse must be True or False, got {self.fuse!r}")
 
     @property
     def batch_size(self) -> int:
@@ -158,6 +164,7 @@ class BottleneckAttribution(LayerAttribution):
         channels_last: Union[bool, str] = False,
         precision: str = "fp32",
         compile: Union[bool, str] = False,
+        fuse: bool = True,
         stats: Optional[FeatureStats] = None,
         split: str = "auto",
         batch_size: Optional[int] = None,
@@ -182,6 +189,7 @@ class BottleneckAttribution(LayerAttribution):
             channels_last=channels_last,
             precision=precision,
             compile=compile,
+            fuse=fuse,
         )
         if batch_size is not None:
             # noise_draws at its default does not conflict with the alias.
@@ -332,8 +340,16 @@ class BottleneckAttribution(LayerAttribution):
         """Minimise ``sign * L_model + beta * L_I`` over alpha; return the final lambda."""
         n, draws = features.shape[0], options.noise_draws
         mean, std, active = feature_stats
-        runner = SuffixRunner(split, options.channels_last, options.precision, options.compile, features.device)
+        runner = SuffixRunner(
+            split, channels_last=options.channels_last, precision=options.precision,
+            compile=options.compile, fuse=options.fuse, relu_z=options.relu, features=features,
+        )
         expanded = runner.prepare(split.expand(context, n, draws))
+        # The suffix's leading BatchNorm (+ReLU, +pool), when folded, is applied
+        # to the per-sample maps: the mixing then writes its output directly.
+        leading = runner.leading
+        signal = features if leading is None else leading.apply(features, active)
+        mix_active, mix_relu = (active, options.relu) if leading is None else (None, leading.relu)
         # One buffer for Z, rewritten every step (the previous step's graph is gone by then).
         buffer = features.new_empty(n * draws * features[0].numel())
         target_rows = None if target is None else target.repeat_interleave(draws)
@@ -351,10 +367,13 @@ class BottleneckAttribution(LayerAttribution):
                 device=features.device,
                 dtype=features.dtype,
             )
+            if leading is not None:
+                noise = leading.apply(noise, active)
             z = noisy_features(
-                features, self._signal_fraction(lam), noise, active, options.relu,
+                signal, self._signal_fraction(lam), noise, mix_active, mix_relu,
                 # Channels-last maps differ from today's anyway: take the cheaper form there.
                 channels_last=runner.channels_last, out=buffer, exact=not runner.channels_last,
+                pool=1 if leading is None else leading.pool,
             )
             outputs = runner(z, expanded)
             model_loss = objective(outputs, target_rows, reference_rows).view(n, draws).mean(1)
