@@ -342,3 +342,13 @@ def test_the_pooled_mixing_is_the_pooled_mix_and_its_gradient():
         noisy_features(features, lam, noise, pool=4)
     with pytest.raises(ValueError, match="pool=2"):
         noisy_features(features, lam, noise, pool=2, channels_last=True)
+
+
+def test_a_compiled_suffix_gets_the_graph_as_traced(densenet):
+    model, layer, stats = densenet
+    iba = IBA(model, layer, stats=stats)
+    features, _ = iba.split.features((_data(1, 1),), ())
+    options = dict(channels_last=False, precision="fp32", fuse=True, relu_z=False, features=features)
+    assert _base.SuffixRunner(iba.split, compile=False, **options).leading is not None
+    compiled = _base.SuffixRunner(iba.split, compile="aot_eager", **options)
+    assert compiled.leading is None and compiled.suffix is iba.split.suffix

@@ -72,7 +72,7 @@ class BottleneckOptions:
         ``torch.compile`` the suffix (True: inductor; or a backend name).
     fuse : bool
         Run the suffix with exact algebraic rewrites (default True; fx split
-        only): see :func:`captum_iba.suffix.fuse_suffix`.
+        only, and not under ``compile``): see :func:`captum_iba.suffix.fuse_suffix`.
     """
 
     beta: float
