@@ -263,11 +263,7 @@ def floor_steps(iba, features, expanded, draws, steps, **options):
     """
     options = {"channels_last": False, "precision": "fp32", "compile": False, "relu_z": False, **options}
     runner = SuffixRunner(iba.split, features=features, **options)
-    rows = features
-    if runner.leading is not None:
-        rows = runner.leading.apply(features)
-        rows = rows.clamp(min=0) if runner.leading.relu else rows
-        rows = torch.nn.functional.avg_pool2d(rows, runner.leading.pool) if runner.leading.pool != 1 else rows
+    rows = features if runner.leading is None else runner.leading(features)
     rows = rows.repeat_interleave(draws, 0)
     if runner.channels_last:
         rows = rows.contiguous(memory_format=torch.channels_last)

@@ -152,6 +152,12 @@ class LeadingAffine:
             maps = maps * active
         return batchnorm_affine(maps, self.batchnorm)
 
+    def __call__(self, z: Tensor) -> Tensor:
+        """What was folded, applied to ``z`` (N, C, h, w): the fused suffix's input."""
+        y = self.apply(z)
+        y = y.clamp(min=0) if self.relu else y
+        return F.avg_pool2d(y, self.pool) if self.pool != 1 else y
+
 
 def _plain(module: nn.Module) -> bool:
     """Whether calling ``module`` runs its forward alone: no hooks that a rewrite would skip."""

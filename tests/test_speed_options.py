@@ -263,11 +263,7 @@ def _fused_and_plain(model, layer, x):
     features, carried = split.features((x,), ())
     z = torch.randn(features.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
     suffix, leading = fuse_suffix(split, pool_sides=tuple(features.shape[2:]))
-    y = z
-    if leading is not None:
-        y = leading.apply(z)
-        y = y.clamp(min=0) if leading.relu else y
-        y = F.avg_pool2d(y, leading.pool) if leading.pool != 1 else y
+    y = z if leading is None else leading(z)
     return suffix(y, *carried), split.outputs(z, carried), suffix, leading
 
 

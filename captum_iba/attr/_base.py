@@ -349,7 +349,9 @@ class BottleneckAttribution(LayerAttribution):
         # to the per-sample maps: the mixing then writes its output directly.
         leading = runner.leading
         signal = features if leading is None else leading.apply(features, active)
-        mix_active, mix_relu = (active, options.relu) if leading is None else (None, leading.relu)
+        mix_active, mix_relu, pool = (
+            (active, options.relu, 1) if leading is None else (None, leading.relu, leading.pool)
+        )
         # One buffer for Z, rewritten every step (the previous step's graph is gone by then).
         buffer = features.new_empty(n * draws * features[0].numel())
         target_rows = None if target is None else target.repeat_interleave(draws)
@@ -373,7 +375,7 @@ class BottleneckAttribution(LayerAttribution):
                 signal, self._signal_fraction(lam), noise, mix_active, mix_relu,
                 # Channels-last maps differ from today's anyway: take the cheaper form there.
                 channels_last=runner.channels_last, out=buffer, exact=not runner.channels_last,
-                pool=1 if leading is None else leading.pool,
+                pool=pool,
             )
             outputs = runner(z, expanded)
             model_loss = objective(outputs, target_rows, reference_rows).view(n, draws).mean(1)
