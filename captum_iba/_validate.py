@@ -19,21 +19,19 @@ refused in every form: ``True`` is not an output index.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import math
 import numbers
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "format_target",
-    "select_targets",
-    "flat_targets",
-    "check_output",
-    "check_positive_int",
-    "check_number",
-    "find_layer",
+    "format_target", "select_targets", "flat_targets", "check_output", "check_positive_int", "check_number",
+    "check_flag", "check_choice", "check_seed", "format_inputs", "format_additional_args",
+    "check_inputs_for_model", "model_runs_on", "check_stats", "check_layer_in_model", "check_layers", "layer_names", "find_layer",
 ]
 
 _TARGET_FORMS = (
@@ -222,30 +220,157 @@ def check_output(outputs, name: str = "forward_func") -> Tensor:
     raise TypeError(f"{name} must return one tensor of outputs (N, ...); {hint}")
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """Return ``value`` as an int if it is an integer (not a bool) >= ``minimum``."""
+def check_positive_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """Return ``value`` as an int if it is an integer (not a bool) in ``[minimum, maximum]``."""
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name}: expected an int {bound}, got {value!r}")
     return int(value)
 
 
 def check_number(
     value, name: str, minimum: Optional[float] = None, strict: bool = False,
-    maximum: Optional[float] = None,
+    maximum: Optional[float] = None, below: bool = True,
 ) -> float:
-    """Return ``value`` if it is a real number (not a bool, not NaN) within the bounds.
+    """Return ``value`` if it is a finite real number (not a bool) within the bounds.
 
-    ``minimum`` is inclusive unless ``strict``; ``maximum`` is exclusive.
+    ``minimum`` is inclusive unless ``strict``; ``maximum`` is exclusive
+    unless ``below`` is False.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
     if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
-    if maximum is not None and value >= maximum:
-        raise ValueError(f"{name} must be < {maximum}, got {value!r}")
+        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {minimum}, got {value!r}")
+    if maximum is not None and (value >= maximum if below else value > maximum):
+        raise ValueError(f"{name}: expected a number {'<' if below else '<='} {maximum}, got {value!r}")
     return value
+
+
+def check_flag(value, name: str, expected: str = "True or False") -> bool:
+    """Return ``value`` if it is a bool (``relu="yes"`` is not one)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+#: torch.Generator.manual_seed takes any int in [-2**63, 2**64); seeds here are the non-negative ones.
+SEED_RANGE = (0, 2**63 - 1)
+
+
+def check_seed(seed, name: str = "seed") -> Optional[int]:
+    """Return ``seed`` if it is None or an int that torch's generators take."""
+    if seed is None:
+        return None
+    return check_positive_int(seed, name, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
+
+
+def format_inputs(inputs) -> Tuple[Tensor, ...]:
+    """Captum's ``inputs`` (a tensor or a tuple of tensors) as a tuple sharing the batch size, finite."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
+        raise TypeError(f"inputs: expected a tensor or a tuple of tensors, got "
+                        f"{type(inputs[0] if len(inputs) == 1 else inputs).__name__}")
+    n = inputs[0].shape[0] if inputs[0].dim() > 0 else None
+    for x in inputs:
+        if x.dim() == 0 or x.shape[0] != n:
+            raise ValueError("inputs: expected tensors sharing their first (batch) dimension, got shapes "
+                             f"{[tuple(t.shape) for t in inputs]}")
+        if x.device.type == "meta":
+            raise ValueError("inputs: expected tensors with values, got a tensor on the meta device")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("inputs: expected finite values, got NaN or Inf")
+    if n == 0:
+        raise ValueError("inputs: expected at least one sample, got a batch of size 0")
+    return inputs
+
+
+def format_additional_args(additional_forward_args) -> Tuple:
+    """Captum's ``additional_forward_args`` as a tuple (None: none)."""
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def check_stats(stats, name: str = "stats", features: Optional[Tensor] = None, layer: str = "the layer"):
+    """Return ``stats`` if it is None or a FeatureStats, with the shape of one sample of ``features`` if given."""
+    from .stats import FeatureStats  # stats.py uses this module
+
+    if stats is None:
+        return None
+    if not isinstance(stats, FeatureStats):
+        raise TypeError(f"{name}: expected a FeatureStats (or None), got {type(stats).__name__}")
+    if features is not None and stats.shape != tuple(features.shape[1:]):
+        raise ValueError(f"{name}: expected statistics of {layer}'s output, shape {tuple(features.shape[1:])} "
+                         f"per sample, got statistics of shape {stats.shape}: estimate them at this layer "
+                         "and input size")
+    if features is not None:
+        stats.check(name)
+    return stats
+
+
+def check_inputs_for_model(inputs: Tuple[Tensor, ...], model: Optional[nn.Module]) -> None:
+    """Refuse inputs on another device than the model's parameters, in one line, before torch sees them."""
+    first = None if model is None else next(iter(model.parameters()), None)
+    if first is not None and inputs[0].device != first.device:
+        raise TypeError(f"inputs: expected tensors on {first.device} (the model's parameters), "
+                        f"got {inputs[0].device}")
+
+
+@contextlib.contextmanager
+def model_runs_on(inputs: Tuple[Tensor, ...]) -> Iterator[None]:
+    """Turn torch's error for inputs the model cannot take (dtype, rank, channels) into one line naming them."""
+    try:
+        yield
+    except RuntimeError as error:
+        given = ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" for x in inputs)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"inputs: expected inputs the model takes, got {given} on {inputs[0].device} "
+                         f"(torch: {reason})") from error
+
+
+def check_layer_in_model(forward_func, layer, name: str = "layer") -> None:
+    """Raise unless ``layer`` is an ``nn.Module`` inside ``forward_func``'s module (when it has one)."""
+    from ._engine.frozen import owning_module  # the engine uses this module
+
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"{name}: expected an nn.Module of the model, got {type(layer).__name__}")
+    model = owning_module(forward_func)
+    if model is not None and not any(m is layer for m in model.modules()):
+        raise ValueError(f"{name}: expected a submodule of the model passed as forward_func, "
+                         f"got a {type(layer).__name__} that is not inside it")
+
+
+def check_layers(forward_func, layers, name: str = "layers") -> list:
+    """``layers`` as a list of distinct submodules of ``forward_func``'s model."""
+    if isinstance(layers, nn.Module) or not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"{name}: expected a non-empty list of modules, got {type(layers).__name__}")
+    for i, layer in enumerate(layers):
+        check_layer_in_model(forward_func, layer, f"{name}[{i}]")
+    if len({id(layer) for layer in layers}) != len(layers):
+        raise ValueError(f"{name}: expected distinct modules, got a layer twice")
+    return list(layers)
+
+
+def layer_names(forward_func, layers) -> Optional[list]:
+    """The qualified names of ``layers`` in ``forward_func``'s model (None without one)."""
+    from ._engine.frozen import owning_module
+
+    model = owning_module(forward_func)
+    if model is None:
+        return None
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(layer)] for layer in layers]
 
 
 def find_layer(model: nn.Module, layer, name: str = "layer") -> Tuple[str, nn.Module]:

@@ -164,10 +164,13 @@ def _iba_entry(label: str, cls: type, tasks, function: str, layers: str = "bottl
 # The Readout Bottleneck: trained once per suite, then one forward pass per map.
 
 
-def _readout_instance(suite: "MethodSuite", beta: Optional[float] = None) -> ReadoutIBA:
+def _readout_layers(suite: "MethodSuite"):
+    return suite.model, suite.module(suite.layer), [suite.module(n) for n in suite.readout_layers]
+
+
+def _readout_instance(suite: "MethodSuite", beta: float) -> ReadoutIBA:
     layers = suite.readout_layers
-    return ReadoutIBA(suite.model, suite.module(suite.layer), [suite.module(n) for n in layers],
-                      loss="bce", beta=beta, stats=suite.stats.get(suite.layer),
+    return ReadoutIBA(*_readout_layers(suite), loss="bce", beta=beta, stats=suite.stats.get(suite.layer),
                       readout_stats=[suite.stats[n] for n in layers] if all(n in suite.stats for n in layers) else None)
 
 
@@ -203,7 +206,7 @@ for _name, _method in {
     "readout": Method("Readout IBA", "captum_iba", _CLASSIFICATION, _readout, layers="readout",
                       options=("layer", "beta", "readout_epochs", "readout_images"), attribution=ReadoutIBA,
                       defaults={"loss": "bce"}, train=_train_readout,
-                      load=lambda suite, path: _readout_instance(suite).load(path)),
+                      load=lambda suite, path: ReadoutIBA.load(path, *_readout_layers(suite))),
     "gradcam": Method("Grad-CAM (Captum)", "captum", _BOTH, _gradcam),
     "integrated_gradients": Method("Integrated Gradients (Captum)", "captum", _BOTH, _integrated_gradients),
     "lrp": Method("LRP (Captum)", "captum", _BOTH, _lrp),

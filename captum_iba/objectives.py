@@ -1,9 +1,10 @@
 """Model losses ``L_model`` for the bottleneck objective, one value per row.
 
 Every loss maps the model outputs for a batch of noisy feature maps
-``phi(Z)`` of shape ``(M, ...)`` to ``M`` losses. ``target`` holds one output
-index per row (or None for a single-output model); ``reference`` one value per
-row for the losses that compare against a score.
+``phi(Z)`` of shape ``(M, ...)`` to ``M`` losses. ``target`` holds the output
+index of every row as :func:`captum_iba._validate.format_target` gives it
+(or None for a single-output model); ``reference`` one value per row for the
+losses that compare against a score.
 
 * ``"ce"``        ``-log softmax(phi(Z))[t]`` (multi-class);
 * ``"bce"``       ``-log sigmoid(phi(Z)[t])``: the target finding labelled 1
@@ -24,44 +25,26 @@ from typing import Callable, Optional, Union
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def select_outputs(outputs: Tensor, target: Optional[Tensor]) -> Tensor:
-    """The target output of every row, shape (M,).
-
-    Parameters
-    ----------
-    outputs : Tensor, shape (M,) or (M, K)
-    target : Tensor of int64, shape (M,), or None
-        None selects the only output of a single-output model.
-    """
-    if target is None:
-        if outputs.dim() == 1:
-            return outputs
-        if outputs.dim() == 2 and outputs.shape[1] == 1:
-            return outputs[:, 0]
-        raise ValueError(
-            f"target is required for a model with outputs of shape {tuple(outputs.shape[1:])} "
-            "per sample: pass the index of the output to explain"
-        )
-    return outputs.reshape(outputs.shape[0], -1).gather(1, target[:, None])[:, 0]
+from ._validate import flat_targets, select_targets
 
 
 def _cross_entropy(outputs: Tensor, target: Optional[Tensor], reference) -> Tensor:
     if target is None:
         raise ValueError("target is required for loss 'ce': the class to explain")
-    return -F.log_softmax(outputs.flatten(1), dim=1).gather(1, target[:, None])[:, 0]
+    flat = flat_targets(target, outputs.shape[1:])
+    return -F.log_softmax(outputs.flatten(1), dim=1).gather(1, flat[:, None])[:, 0]
 
 
 def _binary_cross_entropy(outputs: Tensor, target: Optional[Tensor], reference) -> Tensor:
-    return -F.logsigmoid(select_outputs(outputs, target))
+    return -F.logsigmoid(select_targets(outputs, target))
 
 
 def _squared_error(outputs: Tensor, target: Optional[Tensor], reference: Tensor) -> Tensor:
-    return (select_outputs(outputs, target) - reference) ** 2
+    return (select_targets(outputs, target) - reference) ** 2
 
 
 def _maximize(outputs: Tensor, target: Optional[Tensor], reference) -> Tensor:
-    return -select_outputs(outputs, target) ** 2
+    return -select_targets(outputs, target) ** 2
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
-
+from ._engine import capture_layer_outputs, frozen_model
+from ._engine.split import cut_per_sample
 from ._files import atomic_path, read_tagged
+from ._progress import progress as progress_lines
 from ._validate import check_positive_int
-from .split import capture_layer_outputs, frozen_model
 
 _FORMAT = "captum_iba.FeatureStats/1"
 _TENSOR_KEYS = ("mean", "m2", "nonzero")
@@ -80,7 +80,7 @@ class FeatureStats:
         self.count = total
 
     def _require_data(self) -> None:
-        if self.count < 2:
+        if not isinstance(self.count, int) or self.count < 2:
             raise ValueError(
                 f"FeatureStats needs at least 2 samples, it has {self.count}: "
                 "estimate it on more data"
@@ -103,22 +103,38 @@ class FeatureStats:
 
     @classmethod
     def from_state_dict(cls, state, where: str = "state") -> "FeatureStats":
-        """Statistics from :meth:`state_dict`'s dict; ``where`` names its source in errors (ValueError)."""
-        if not isinstance(state, dict) or isinstance(state.get("count"), bool) or not isinstance(
-                state.get("count"), int):
+        """Statistics from :meth:`state_dict`'s dict, checked; ``where`` names its source in errors (ValueError)."""
+        count = state.get("count") if isinstance(state, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int):
             raise ValueError(f"{where} is not a valid FeatureStats file: 'count' is missing")
         stats = cls()
-        stats.count = int(state["count"])
-        shapes = set()
+        stats.count = int(count)
         for key in _TENSOR_KEYS:
             value = state.get(key)
             if not isinstance(value, Tensor):
                 raise ValueError(f"{where} is not a valid FeatureStats file: {key!r} is missing")
             setattr(stats, key, value)
-            shapes.add(tuple(value.shape))
-        if len(shapes) != 1:
-            raise ValueError(f"{where} is not a valid FeatureStats file: tensors differ in shape")
+        stats.check(where)
         return stats
+
+    def check(self, where: str = "stats") -> None:
+        """Raise ``ValueError`` unless the statistics are usable: 2+ samples, finite, consistent."""
+        self._require_data()
+        problems = []
+        if len({tuple(getattr(self, key).shape) for key in _TENSOR_KEYS}) != 1:
+            problems.append("its tensors differ in shape")
+        elif any(getattr(self, key).device.type == "meta" for key in _TENSOR_KEYS):
+            problems.append("its tensors are on the meta device (no values)")
+        else:
+            if not (torch.isfinite(self.mean).all() and torch.isfinite(self.m2).all()):
+                problems.append("its mean or variance holds NaN or Inf")
+            elif (self.m2 < 0).any():
+                problems.append("its variance is negative somewhere")
+            if ((self.nonzero < 0) | (self.nonzero > self.count)).any():
+                problems.append(f"its non-zero counts lie outside [0, count={self.count}]")
+        if problems:
+            raise ValueError(f"{where}: expected valid feature statistics, got statistics where {problems[0]}; "
+                             "estimate them again")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the statistics to ``path`` atomically (temp file, then rename)."""
@@ -199,15 +215,6 @@ def iter_inputs(data, batch_inputs: Optional[Callable] = None) -> Iterator[Tuple
         yield _as_input_tuple(batch, batch_inputs)
 
 
-def _cut(value, n: int, keep: int):
-    """The first ``keep`` samples of every per-sample tensor (first dimension ``n``) in ``value``."""
-    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-        return value[:keep]
-    if isinstance(value, (tuple, list)):
-        return type(value)(_cut(v, n, keep) for v in value)
-    return value
-
-
 def estimate_stats(
     forward_func: Callable,
     layers: Sequence[nn.Module],
@@ -233,7 +240,7 @@ def estimate_stats(
     n_samples : int
         Stop after this many samples (>= 2); the last batch is cut to fit.
     progress : bool
-        Show a tqdm progress bar.
+        Show progress (a bar on a terminal, plain lines otherwise).
     additional_forward_args : any, optional
         Extra model arguments after the inputs, passed with every batch (a
         tuple for several); tensors with one row per sample are cut with it.
@@ -255,25 +262,27 @@ def estimate_stats(
         extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
     stats = [FeatureStats() for _ in layers]
     seen = 0
-    with frozen_model(forward_func), torch.no_grad(), tqdm(
-        total=n_samples, disable=not progress, desc="estimating feature statistics", unit="img"
-    ) as bar:
-        for inputs in iter_inputs(data, batch_inputs):
+    with frozen_model(forward_func), torch.no_grad():
+        batches = progress_lines(iter_inputs(data, batch_inputs), desc="estimating feature statistics",
+                                 enabled=progress, unit="batches")
+        for number, inputs in enumerate(batches):
             n = inputs[0].shape[0] if inputs[0].dim() > 0 else 0
-            keep = min(n, n_samples - seen)
-            outputs = capture_layer_outputs(
-                forward_func, layers, _cut(inputs, n, keep), _cut(extra, n, keep)
-            )
+            rows = slice(0, min(n, n_samples - seen))
+            inputs = cut_per_sample(inputs, n, rows)
+            if any(x.is_floating_point() and not torch.isfinite(x).all() for x in inputs):
+                raise ValueError(f"data: expected finite inputs, got NaN or Inf in batch {number} "
+                                 f"(samples {seen}-{seen + rows.stop - 1})")
+            outputs = capture_layer_outputs(forward_func, layers, inputs, cut_per_sample(extra, n, rows))
             for layer_stats, output in zip(stats, outputs):
+                if not torch.isfinite(output).all():
+                    raise ValueError(f"data: expected finite layer outputs, got NaN or Inf in batch {number} "
+                                     "(check the model's weights)")
                 layer_stats.update(output)
-            seen += keep
-            bar.update(keep)
+            seen += rows.stop
             if seen >= n_samples:
                 break
     if seen < 2:
-        raise ValueError(
-            f"data yielded {seen} sample(s); estimating feature statistics needs at least 2"
-        )
+        raise ValueError(f"data: expected at least 2 samples to estimate feature statistics, got {seen}")
     return stats
 
 

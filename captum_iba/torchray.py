@@ -84,11 +84,13 @@ def _post(resize, resize_mode: str, smooth) -> dict:
     return {"resize": resize, "resize_mode": resize_mode, "smooth": smooth}
 
 
-def _method(cls: Type, model: nn.Module, names: Tuple[str, ...], layers: List[nn.Module]):
+def _method(cls: Type, model: nn.Module, names: Tuple[str, ...], layers: List[nn.Module], loss):
+    """The attribution object of ``cls`` at ``layers``, cached; ``loss`` (required by the classifiers'
+    methods) is its constructor's and is passed with every call too."""
     methods = _METHODS.setdefault(model, {})
     key = (cls, names)
     if key not in methods:
-        methods[key] = cls(model, layers if issubclass(cls, MultiLayerIBA) else layers[0])
+        methods[key] = cls(model, layers if issubclass(cls, MultiLayerIBA) else layers[0], loss=loss)
     return methods[key]
 
 
@@ -113,7 +115,7 @@ def _saliency(
     layers = [layer for _, layer in resolved]
     progress = options.pop("progress", False)
     layer_stats = _layer_stats(model, list(names), layers, stats, data, n_samples, progress)
-    method = _method(cls, model, names, layers)
+    method = _method(cls, model, names, layers, options.get("loss"))
     if issubclass(cls, MultiLayerIBA):
         for bottleneck, s in zip(method.bottlenecks, layer_stats):
             bottleneck.stats = s

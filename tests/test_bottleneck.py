@@ -8,15 +8,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 from scipy import ndimage
 
-from captum_iba.bottleneck import (
-    capacity,
-    gaussian_kernel_1d,
-    lambda_from_alpha,
-    mean_capacity,
-    noisy_features,
-    smooth,
-    to_bits,
-)
+from captum_iba._engine.mix import noisy_features
+from captum_iba.bottleneck import capacity, gaussian_kernel_1d, lambda_from_alpha, mean_capacity, smooth, to_bits
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ for tuple targets), next to the conformance runs on
 """
 
 import copy
-import warnings
 
 import pytest
 import torch
@@ -16,9 +15,9 @@ from torch import nn
 
 import captum_iba.torchray as tr
 from _toys import SmallCNN
-from captum_iba import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
+from captum_iba import IBA, InverseIBA, MultiLayerIBA, RegressionIBA, Speed
 from captum_iba.metrics import insertion_deletion, randomization_check, sensitivity_n
-from captum_iba.split import LayerReusedError
+from captum_iba._engine import LayerReusedError
 from captum_iba.stats import estimate_stats
 
 METHODS = [IBA, InverseIBA, RegressionIBA]
@@ -63,7 +62,7 @@ class DictNet(nn.Module):
 def test_a_function_wrapped_model_in_train_mode_is_frozen_and_restored():
     model = DictNet().train()
     before = _state(model)
-    iba = IBA(lambda x: model(x)["logits"], model.features[4], steps=3, noise_draws=2)
+    iba = IBA(lambda x: model(x)["logits"], model.features[4], steps=3, noise_draws=2, loss="ce")
     iba.estimate(_data(16), n_samples=16, progress=False)
     assert _same_state(before, _state(model))  # BatchNorm's running stats untouched
     x = _data(2, seed=1)
@@ -72,7 +71,7 @@ def test_a_function_wrapped_model_in_train_mode_is_frozen_and_restored():
     assert _same_state(before, _state(model))
     # The map is that of the model in eval mode.
     evaluated = copy.deepcopy(model).eval()
-    as_eval = IBA(lambda x: evaluated(x)["logits"], evaluated.features[4], stats=iba.stats, steps=3, noise_draws=2)
+    as_eval = IBA(lambda x: evaluated(x)["logits"], evaluated.features[4], stats=iba.stats, steps=3, noise_draws=2, loss="ce")
     assert torch.equal(as_eval.attribute(x, target=1, seed=0), first)
 
 
@@ -89,13 +88,13 @@ def test_a_function_wrapped_model_is_restored_when_the_loss_raises():
 
 def test_dict_and_tuple_outputs_say_how_to_select_the_logits():
     model = DictNet().eval()
-    iba = IBA(model, model.features[4], steps=2)
+    iba = IBA(model, model.features[4], steps=2, loss="ce")
     iba.estimate(_data(8), n_samples=8, progress=False)
     with pytest.raises(TypeError, match=r"keys \['logits', 'hidden'\].*lambda x: model\(x\)\['logits'\]"):
         iba.attribute(_data(2), target=0)
     tuple_model = lambda x: (model(x)["logits"], x)  # noqa: E731
     with pytest.raises(TypeError, match=r"tuple of 2 values.*model\(x\)\[0\]"):
-        IBA(tuple_model, model.features[4], stats=iba.stats).attribute(_data(2), target=0)
+        IBA(tuple_model, model.features[4], stats=iba.stats, loss="ce").attribute(_data(2), target=0)
     with pytest.raises(TypeError, match="keys"):
         insertion_deletion(model, _data(2), torch.rand(2, 8, 8), target=0, n_steps=2)
 
@@ -114,7 +113,7 @@ def cnn():
 @pytest.mark.parametrize("method", ["iba", "inverse", "multilayer"])
 def test_noise_tunnel_wraps_the_methods(cnn, method):
     model, stats, stem_stats = cnn
-    options = dict(steps=2, noise_draws=2)
+    options = dict(steps=2, noise_draws=2, loss="ce")
     attribution = {
         "iba": lambda: IBA(model, model.layer, stats=stats, **options),
         "inverse": lambda: InverseIBA(model, model.layer, stats=stats, **options),
@@ -149,9 +148,9 @@ def test_a_layer_run_twice_is_refused(split):
     model = SharedBlock().eval()
     stats = estimate_stats(model, [model.block], [_data(8)], 8, False)[0]
     with pytest.raises(LayerReusedError, match="runs 2 times"):
-        IBA(model, model.block, stats=stats, split=split, steps=1).attribute(_data(2), target=0)
+        IBA(model, model.block, stats=stats, speed=Speed(split=split), steps=1, loss="ce").attribute(_data(2), target=0)
     with pytest.raises(LayerReusedError):
-        IBA(lambda x: model(x), model.block, stats=stats, steps=1).attribute(_data(2), target=0)
+        IBA(lambda x: model(x), model.block, stats=stats, steps=1, loss="ce").attribute(_data(2), target=0)
 
 
 # Failure 5: estimate() takes what attribute() takes.
@@ -172,7 +171,7 @@ def test_estimate_takes_the_inputs_of_attribute():
     model = TwoInputs().eval()
     x, mask = _data(12), (_data(12, 1, seed=5) > 0).float()
     expected = estimate_stats(lambda a: model(a, mask, 2.0), [model.layer], [x], 12, False)[0]
-    iba = IBA(model, model.layer, steps=2, noise_draws=2)
+    iba = IBA(model, model.layer, steps=2, noise_draws=2, loss="ce")
     forms = [
         lambda: iba.estimate((x, mask), 12, False, additional_forward_args=2.0),
         lambda: iba.estimate([(x[:5], mask[:5]), (x[5:], mask[5:])], 12, False, additional_forward_args=(2.0,),
@@ -191,7 +190,7 @@ def test_estimate_takes_the_inputs_of_attribute():
 def test_a_plain_tensor_is_one_batch():
     model = SmallCNN(n_outputs=3).eval()
     x = _data(10)
-    stats = IBA(model, model.layer).estimate(x, n_samples=6, progress=False)
+    stats = IBA(model, model.layer, loss="ce").estimate(x, n_samples=6, progress=False)
     assert stats.count == 6
     assert torch.allclose(stats.mean, estimate_stats(model, [model.layer], [x[:6]], 6, False)[0].mean)
 
@@ -216,20 +215,20 @@ def test_metrics_take_scalar_baselines(cnn):
 def test_randomization_check_takes_a_factory_and_refuses_a_bound_object(cnn):
     model, stats, _ = cnn
     x = _data(2)
-    factory = lambda m: IBA(m, m.layer, stats=stats, steps=2, noise_draws=2)  # noqa: E731
+    factory = lambda m: IBA(m, m.layer, stats=stats, steps=2, noise_draws=2, loss="ce")  # noqa: E731
     result = randomization_check(factory, model, x, target=1, layers=["head.5", "layer.0"])
     assert result.spearman.shape == (2, 2)
     assert not torch.allclose(result.spearman[1], torch.ones(2, dtype=torch.float64))
     with pytest.raises(TypeError, match="factory"):
-        randomization_check(IBA(model, model.layer, stats=stats), model, x, target=1, layers=["head.5"])
+        randomization_check(IBA(model, model.layer, stats=stats, loss="ce"), model, x, target=1, layers=["head.5"])
     with pytest.raises(ValueError, match="model .*it is given"):
-        randomization_check(lambda m: IBA(model, model.layer, stats=stats), model, x, target=1, layers=["head.5"])
+        randomization_check(lambda m: IBA(model, model.layer, stats=stats, loss="ce"), model, x, target=1, layers=["head.5"])
 
 
 def test_torchray_functions_take_torchrays_keywords(cnn):
     model, stats, _ = cnn
     x = _data(2, size=8)
-    common = dict(stats=stats, steps=2, noise_draws=2, seed=0)
+    common = dict(stats=stats, steps=2, noise_draws=2, seed=0, loss="ce")
     plain = tr.iba(model, x, 1, "layer", **common)
     wide = tr.iba(model, x, 1, "layer", resize=(12, 8), resize_mode="nearest", **common)
     assert wide.shape == (2, 1, 8, 12)  # TorchRay's (width, height)
@@ -241,23 +240,6 @@ def test_torchray_functions_take_torchrays_keywords(cnn):
         tr.iba(model, x, 1, "layer", resize=True, resize_mode="cubic", **common)
     with pytest.raises(ValueError, match="close names: layer"):
         tr.iba(model, x, 1, "layr", **common)
-
-
-def test_batch_size_is_a_deprecated_alias_of_noise_draws(cnn):
-    model, stats, _ = cnn
-    x = _data(2)
-    new = IBA(model, model.layer, stats=stats, steps=2, noise_draws=3).attribute(x, target=1, seed=0)
-    with pytest.warns(DeprecationWarning, match="noise_draws"):
-        old = IBA(model, model.layer, stats=stats, steps=2, batch_size=3)
-    assert old.options.noise_draws == 3
-    assert torch.equal(old.attribute(x, target=1, seed=0), new)
-    with pytest.warns(DeprecationWarning):
-        assert torch.equal(IBA(model, model.layer, stats=stats, steps=2).attribute(x, target=1, seed=0, batch_size=3), new)
-    with pytest.warns(DeprecationWarning):
-        assert torch.equal(tr.iba(model, x, 1, "layer", stats=stats, steps=2, batch_size=3, seed=0), new)
-    with warnings.catch_warnings(), pytest.raises(TypeError, match="not both"):
-        warnings.simplefilter("ignore")
-        IBA(model, model.layer, noise_draws=4, batch_size=3)
 
 
 # Every method on Captum's own test models, next to LayerGradCam.
@@ -279,13 +261,13 @@ def test_every_method_on_captums_basic_models(name, layer_name, channels, size, 
     before = _state(model)
     cam = LayerGradCam(model, layer)
     for method in METHODS:
-        attribution = method(model, layer, steps=2, noise_draws=2)
+        attribution = method(model, layer, steps=2, noise_draws=2, loss="deviation" if method is RegressionIBA else "ce")
         attribution.estimate(data, n_samples=16, progress=False)
         for target in targets:
             maps = attribution.attribute(x, target=target, seed=0)
             assert maps.shape == cam.attribute(x, target=target).shape
             assert torch.isfinite(maps).all() and (maps >= 0).all()
-    ml = MultiLayerIBA(model, [layer], steps=2, noise_draws=2)
+    ml = MultiLayerIBA(model, [layer], steps=2, noise_draws=2, loss="ce")
     ml.estimate(data, n_samples=16, progress=False)
     assert ml.attribute(x, target=targets[1], seed=0).shape == cam.attribute(x, target=targets[1]).shape
     assert _same_state(before, _state(model))

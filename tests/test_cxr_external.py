@@ -150,7 +150,7 @@ def test_iba_runs_at_the_default_layer_on_a_64_px_image(factories, spec):
         model = external_model(f"{factories}:resnet50")
     layer = default_bottleneck(model, 64)
     assert layer == {"factory": "layer1", "xrv": "features.denseblock1"}[spec]
-    iba = IBA(model, find_layer(model, layer), loss="bce", steps=2, batch_size=2)
+    iba = IBA(model, find_layer(model, layer), loss="bce", steps=2, noise_draws=2)
     iba.estimate([grey_images(4, seed=1)], n_samples=4, progress=False)
     bits = iba.attribute(grey_images(2), target=FINDINGS.index("Effusion"))
     assert bits.shape == (2, 1, 16, 16) and torch.isfinite(bits).all() and (bits >= 0).all() and bits.sum() > 0

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from _toys import ResidualNet, SmallCNN, UntraceableNet
-from captum_iba import IBA, InverseIBA
+from captum_iba import IBA, InverseIBA, Speed
 from captum_iba.stats import estimate_stats
 
 
@@ -40,7 +40,7 @@ def cnn():
 def test_maps_are_finite_non_negative_bits_of_the_closed_form(width, size, n, draws, seed, inverse):
     model = SmallCNN(n_outputs=3, width=width, seed=seed % 7).eval()
     method = (InverseIBA if inverse else IBA)(
-        model, model.layer, stats=_stats(model, model.layer, size), noise_draws=draws, steps=3
+        model, model.layer, stats=_stats(model, model.layer, size), noise_draws=draws, steps=3, loss="ce"
     )
     x = _inputs(n, size, seed % 11)
     bits, lam = method.attribute(x, target=seed % 3, seed=seed, reduce="none", return_lambda=True)
@@ -65,9 +65,9 @@ def test_maps_are_finite_non_negative_bits_of_the_closed_form(width, size, n, dr
 
 def test_captum_face(cnn):
     model, stats = cnn
-    iba = IBA(model, model.layer, stats=stats)
-    assert isinstance(iba, LayerAttribution) and isinstance(InverseIBA(model, model.layer), LayerAttribution)
-    assert iba.options.beta == 10 and InverseIBA(model, model.layer).options.beta == 30
+    iba = IBA(model, model.layer, stats=stats, loss="ce")
+    assert isinstance(iba, LayerAttribution) and isinstance(InverseIBA(model, model.layer, loss="ce"), LayerAttribution)
+    assert iba.options.beta == 10 and InverseIBA(model, model.layer, loss="ce").options.beta == 30
     bits = iba.attribute(_inputs(2), target=1, seed=0)
     upsampled = IBA.interpolate(bits, (12, 12))
     assert upsampled.shape == (2, 1, 12, 12)
@@ -85,7 +85,7 @@ def test_batched_equals_one_by_one(cnn):
 
 def test_same_seed_same_map_and_target_forms_agree(cnn):
     model, stats = cnn
-    iba = IBA(model, model.layer, stats=stats)
+    iba = IBA(model, model.layer, stats=stats, loss="ce")
     x = _inputs(3)
     first = iba.attribute(x, target=2, seed=3)
     assert torch.equal(first, iba.attribute(x, target=[2, 2, 2], seed=3))
@@ -100,12 +100,12 @@ def test_same_seed_same_map_and_target_forms_agree(cnn):
 
 def test_options_override_per_call(cnn):
     model, stats = cnn
-    iba = IBA(model, model.layer, stats=stats)
+    iba = IBA(model, model.layer, stats=stats, loss="ce")
     x = _inputs(1)
     assert not torch.allclose(iba.attribute(x, target=0, seed=0), iba.attribute(x, target=0, seed=0, beta=0.1))
     assert torch.equal(
         iba.attribute(x, target=0, seed=0, beta=0.1),
-        IBA(model, model.layer, stats=stats, beta=0.1).attribute(x, target=0, seed=0),
+        IBA(model, model.layer, stats=stats, beta=0.1, loss="ce").attribute(x, target=0, seed=0),
     )
     assert iba.options.beta == 10  # the override did not stick
 
@@ -119,9 +119,9 @@ def _counting(module):
 def test_fx_runs_the_prefix_once_and_equals_the_hook_path(cnn):
     model, stats = cnn
     model = copy.deepcopy(model)
-    fx = IBA(model, model.layer, stats=stats, steps=4)
-    hooks = IBA(model, model.layer, stats=stats, steps=4, split="hooks")
-    assert fx.split.mode == "fx" and hooks.split.mode == "hooks"
+    fx = IBA(model, model.layer, stats=stats, steps=4, loss="ce")
+    hooks = IBA(model, model.layer, stats=stats, steps=4, speed=Speed(split="hooks"), loss="ce")
+    assert fx.split().mode == "fx" and hooks.split().mode == "hooks"
     stem_calls = _counting(model.stem[0])  # a leaf: fx calls it directly
     x = _inputs(3)
     via_fx = fx.attribute(x, target=1, seed=5)
@@ -136,10 +136,10 @@ def test_fx_carries_skip_connections_and_extra_arguments():
     data = torch.randn(16, 3, 8, 8)
     (stats,) = estimate_stats(lambda x: model(x, 1.0), [model.layer], [data], 16, False)
     x, scale = _inputs(2, 8), torch.tensor([[1.0], [2.0]])
-    fx = IBA(model, model.layer, stats=stats)
-    hooks = IBA(model, model.layer, stats=stats, split="hooks")
+    fx = IBA(model, model.layer, stats=stats, loss="ce")
+    hooks = IBA(model, model.layer, stats=stats, speed=Speed(split="hooks"), loss="ce")
     via_fx = fx.attribute(x, target=0, additional_forward_args=(scale,), seed=1)
-    assert fx.split.mode == "fx"
+    assert fx.split().mode == "fx"
     via_hooks = hooks.attribute(x, target=0, additional_forward_args=(scale,), seed=1)
     assert torch.allclose(via_fx, via_hooks, rtol=1e-4, atol=1e-5)
     # Running twice gives the same map: the in-place skip did not corrupt the carried values.
@@ -150,14 +150,14 @@ def test_untraceable_models_and_functions_fall_back_to_hooks(cnn):
     _, stats = cnn
     model = UntraceableNet(n_outputs=4).eval()
     stats = _stats(model, model.layer)
-    untraceable = IBA(model, model.layer, stats=stats)
-    assert untraceable.split.mode == "hooks"
-    function = IBA(lambda x: model(x), model.layer, stats=stats)
-    assert function.split.mode == "hooks"
+    untraceable = IBA(model, model.layer, stats=stats, loss="ce")
+    assert untraceable.split().mode == "hooks"
+    function = IBA(lambda x: model(x), model.layer, stats=stats, loss="ce")
+    assert function.split().mode == "hooks"  # a function of an untraceable model: hooks too
     x = _inputs(2)
     assert torch.allclose(untraceable.attribute(x, target=0, seed=0), function.attribute(x, target=0, seed=0))
     with pytest.raises(ValueError, match="does not trace"):
-        IBA(model, model.layer, stats=stats, split="fx").split
+        IBA(model, model.layer, stats=stats, speed=Speed(split="fx"), loss="ce").split("fx")
 
 
 def _state(model):
@@ -185,7 +185,7 @@ def test_model_is_left_exactly_as_found(split):
     stats = _stats(model, model.layer)
     before = _state(model)
     assert model.training  # estimation restored the mode
-    IBA(model, model.layer, stats=stats, split=split).attribute(_inputs(2), target=1, seed=0)
+    IBA(model, model.layer, stats=stats, speed=Speed(split=split), loss="ce").attribute(_inputs(2), target=1, seed=0)
     _assert_same_state(before, _state(model))
 
     calls = {"n": 0}
@@ -197,7 +197,7 @@ def test_model_is_left_exactly_as_found(split):
         return -outputs[:, 0]
 
     with pytest.raises(RuntimeError, match="loss failed"):
-        IBA(model, model.layer, stats=stats, loss=failing_loss, split=split).attribute(_inputs(2), seed=0)
+        IBA(model, model.layer, stats=stats, loss=failing_loss, speed=Speed(split=split)).attribute(_inputs(2), seed=0)
     _assert_same_state(before, _state(model))
 
 
@@ -211,25 +211,27 @@ def test_callable_loss_gets_rows_and_targets(cnn):
 
     custom = IBA(model, model.layer, stats=stats, loss=loss, noise_draws=3).attribute(_inputs(2), target=1, seed=0)
     assert seen["shapes"] == ((6, 4), (6,))
-    builtin = IBA(model, model.layer, stats=stats, noise_draws=3).attribute(_inputs(2), target=1, seed=0)
+    builtin = IBA(model, model.layer, stats=stats, noise_draws=3, loss="ce").attribute(_inputs(2), target=1, seed=0)
     assert torch.allclose(custom, builtin, atol=1e-6)
 
 
 def test_bad_input(cnn, tmp_path):
     model, stats = cnn
     x = _inputs(2)
+    with pytest.raises(TypeError, match="loss: expected a loss"):
+        IBA(model, model.layer)
     with pytest.raises(ValueError, match="estimate"):
-        IBA(model, model.layer).attribute(x, target=0)
+        IBA(model, model.layer, loss="ce").attribute(x, target=0)
     other = _stats(model, model.layer, size=16)
-    with pytest.raises(ValueError, match="stats were estimated for features of shape"):
-        IBA(model, model.layer, stats=other).attribute(x, target=0)
-    with pytest.raises(ValueError, match="not a submodule"):
-        IBA(model, nn.Conv2d(3, 3, 1))
-    with pytest.raises(TypeError, match="layer must be an nn.Module"):
-        IBA(model, "layer")
-    with pytest.raises(ValueError, match="4-D feature map"):
-        IBA(model, model.head[-1], stats=stats).attribute(x, target=0)
-    iba = IBA(model, model.layer, stats=stats)
+    with pytest.raises(ValueError, match=r"stats: expected statistics of the layer's output, shape \(6, 6, 6\)"):
+        IBA(model, model.layer, stats=other, loss="ce").attribute(x, target=0)
+    with pytest.raises(ValueError, match="layer: expected a submodule of the model"):
+        IBA(model, nn.Conv2d(3, 3, 1), loss="ce")
+    with pytest.raises(TypeError, match="layer: expected an nn.Module"):
+        IBA(model, "layer", loss="ce")
+    with pytest.raises(ValueError, match=r"reshape_transform: .*got \(N, 4\)"):
+        IBA(model, model.head[-1], stats=stats, loss="ce").attribute(x, target=0)
+    iba = IBA(model, model.layer, stats=stats, loss="ce")
     with pytest.raises(ValueError, match=r"target indices must lie in \[-4, 3\]"):
         iba.attribute(x, target=4)
     with pytest.raises(ValueError, match="target indices"):
@@ -244,7 +246,7 @@ def test_bad_input(cnn, tmp_path):
         iba.attribute(x)
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match="inputs: expected finite values, got NaN or Inf"):
         iba.attribute(bad, target=0)
     bad[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or Inf"):
@@ -252,7 +254,7 @@ def test_bad_input(cnn, tmp_path):
     for option, value in [("steps", 0), ("noise_draws", 0), ("beta", -1.0), ("lr", 0.0), ("lr", -1.0),
                           ("steps", 2.5), ("min_std", 0.0), ("active_neurons_threshold", 1.0)]:
         with pytest.raises((TypeError, ValueError), match=option):
-            IBA(model, model.layer, **{option: value})
+            IBA(model, model.layer, loss="ce", **{option: value})
         with pytest.raises((TypeError, ValueError), match=option):
             iba.attribute(x, target=0, **{option: value})
     with pytest.raises(ValueError, match="loss must be one of"):
@@ -262,14 +264,14 @@ def test_bad_input(cnn, tmp_path):
     with pytest.raises(ValueError, match="reduce"):
         iba.attribute(x, target=0, reduce="mean")
     with pytest.raises(TypeError, match="FeatureStats"):
-        IBA(model, model.layer, stats="stats.pt")
-    with pytest.raises(ValueError, match="split"):
-        IBA(model, model.layer, split="graph")
+        IBA(model, model.layer, stats="stats.pt", loss="ce")
+    with pytest.raises(ValueError, match="speed.split: expected one of 'auto', 'fx', 'hooks', got 'graph'"):
+        IBA(model, model.layer, speed=Speed(split="graph"), loss="ce")
 
 
 def test_attribute_under_no_grad_equals_attribute(cnn):
     model, stats = cnn
-    iba = IBA(model, model.layer, stats=stats)
+    iba = IBA(model, model.layer, stats=stats, loss="ce")
     x = _inputs(2)
     with torch.no_grad():
         inside = iba.attribute(x, target=1, seed=0)

@@ -18,7 +18,7 @@ RIGHT = region_mask(SIZE, 9, 9, 6)
 
 
 def _attribute(method, model, x, **options):
-    attribution = method(model, model.features, **options)
+    attribution = method(model, model.features, loss="ce", **options)
     attribution.estimate([background(64, size=SIZE)], progress=False)
     return attribution.attribute(x, target=1, seed=0, reduce="none")[0]
 

@@ -78,7 +78,7 @@ def test_nan_in_attributions(metric):
         ({"target": True}, TypeError, "target must be"),
         ({"target": [0, 1, 0]}, ValueError, "a list target must hold one entry per sample"),
         ({"target": 0.5}, TypeError, "target must be"),
-        ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch must be >= 1"),
+        ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch: expected an int >= 1, got 0"),
         ({"inputs": INPUTS[0]}, ValueError, r"inputs must have shape \(N, C, H, W\)"),
         ({"inputs": (INPUTS,)}, TypeError, "inputs must be a torch.Tensor"),
         ({"additional_forward_args": (torch.zeros(3),)}, ValueError, r"forward_args\[0\]"),
@@ -115,7 +115,7 @@ def test_sensitivity_n_pixel_counts_out_of_range(n):
 
 
 def test_sensitivity_n_needs_two_masks():
-    with pytest.raises(ValueError, match="num_masks must be >= 2"):
+    with pytest.raises(ValueError, match="num_masks: expected an int >= 2, got 1"):
         PERTURBATION_METRICS["sensitivity_n"](num_masks=1)
 
 

@@ -60,7 +60,7 @@ def test_one_pass_of_estimation_fills_every_layer(densenet):
     calls = {"n": 0}
     handle = model.features.conv0.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
     try:
-        ml = MultiLayerIBA(model, layers)
+        ml = MultiLayerIBA(model, layers, loss="ce")
         stats = ml.estimate([torch.randn(4, 3, 32, 32) for _ in range(3)], n_samples=12, progress=False)
     finally:
         handle.remove()
@@ -89,30 +89,30 @@ def test_attribute_at_the_finest_resolution_with_layer_maps(densenet):
 def test_one_layer_equals_iba(densenet):
     model, layers = densenet
     for method in (IBA, InverseIBA):
-        single = MultiLayerIBA(model, layers[1:2], method=method, steps=3)
+        single = MultiLayerIBA(model, layers[1:2], method=method, steps=3, loss="ce")
         single.estimate([torch.randn(8, 3, 32, 32)], n_samples=8, progress=False)
         x = torch.randn(2, 3, 32, 32)
-        expected = method(model, layers[1], stats=single.stats[0], steps=3).attribute(x, target=0, seed=2)
+        expected = method(model, layers[1], stats=single.stats[0], steps=3, loss="ce").attribute(x, target=0, seed=2)
         assert torch.equal(single.attribute(x, target=0, seed=2), expected)
 
 
 def test_bad_input(densenet):
     model, layers = densenet
     with pytest.raises(ValueError, match="non-empty"):
-        MultiLayerIBA(model, [])
+        MultiLayerIBA(model, [], loss="ce")
     with pytest.raises(ValueError, match="distinct"):
-        MultiLayerIBA(model, [layers[0], layers[0]])
-    with pytest.raises(ValueError, match=r"layers\[1\].*not a submodule"):
-        MultiLayerIBA(model, [layers[0], SmallCNN().layer])
+        MultiLayerIBA(model, [layers[0], layers[0]], loss="ce")
+    with pytest.raises(ValueError, match=r"layers\[1\]: expected a submodule of the model"):
+        MultiLayerIBA(model, [layers[0], SmallCNN().layer], loss="ce")
     for threshold in ["top:1.5", "top:0", 1.2, -0.1, "median", None]:
         with pytest.raises(ValueError, match="threshold must be"):
-            MultiLayerIBA(model, layers, threshold=threshold)
+            MultiLayerIBA(model, layers, threshold=threshold, loss="ce")
     with pytest.raises(ValueError, match="combine"):
-        MultiLayerIBA(model, layers, combine="union")
-    with pytest.raises(ValueError, match="one FeatureStats per layer"):
-        MultiLayerIBA(model, layers, stats=[None])
+        MultiLayerIBA(model, layers, combine="union", loss="ce")
+    with pytest.raises(ValueError, match="stats: expected one entry per layer"):
+        MultiLayerIBA(model, layers, stats=[None], loss="ce")
     with pytest.raises(ValueError, match="loss must be one of"):
         MultiLayerIBA(model, layers, loss="hinge")
-    ml = MultiLayerIBA(model, layers)
+    ml = MultiLayerIBA(model, layers, loss="ce")
     with pytest.raises(ValueError, match="threshold must be"):
         ml.attribute(torch.randn(1, 3, 32, 32), target=0, threshold="top:2")

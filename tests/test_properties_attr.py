@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from _toys import SmallCNN
-from captum_iba import IBA, InverseIBA, MultiLayerIBA, RegressionIBA
+from captum_iba import IBA, InverseIBA, MultiLayerIBA, RegressionIBA, Speed
 from captum_iba.stats import estimate_stats
 
 METHODS = st.sampled_from([IBA, InverseIBA, RegressionIBA])
@@ -47,12 +47,13 @@ def _assert_same_state(before, after):
 
 
 OPTIONS = dict(steps=2, noise_draws=2)
+LOSSES = {IBA: "ce", InverseIBA: "ce", RegressionIBA: "deviation"}
 
 
 @given(setups(), METHODS, SEEDS)
 def test_batched_equals_one_by_one_for_any_mix_of_targets(setup, method, seed):
     model, stats, x, targets = setup
-    attribution = method(model, model.layer, stats=stats, **OPTIONS)
+    attribution = method(model, model.layer, stats=stats, **OPTIONS, loss=LOSSES[method])
     batched = attribution.attribute(x, target=targets, seed=seed)
     alone = torch.cat([attribution.attribute(x[i:i + 1], target=t, seed=seed) for i, t in enumerate(targets)])
     assert torch.allclose(batched, alone, rtol=1e-4, atol=1e-5)
@@ -61,7 +62,7 @@ def test_batched_equals_one_by_one_for_any_mix_of_targets(setup, method, seed):
 @given(setups(), METHODS, SEEDS)
 def test_maps_are_finite_non_negative_and_the_same_seed_gives_the_same_map(setup, method, seed):
     model, stats, x, targets = setup
-    attribution = method(model, model.layer, stats=stats, **OPTIONS)
+    attribution = method(model, model.layer, stats=stats, **OPTIONS, loss=LOSSES[method])
     first = attribution.attribute(x, target=targets, seed=seed)
     assert torch.isfinite(first).all() and (first >= 0).all()
     assert torch.equal(first, attribution.attribute(x, target=targets, seed=seed))
@@ -75,8 +76,8 @@ def test_the_model_is_left_as_found(setup, method, seed, wrapped, raising):
     handle = model.layer.register_forward_hook(lambda m, i, o: None)
     before = _state(model)
     forward = (lambda inputs: model(inputs)) if wrapped else model
-    loss = (lambda outputs, target: 1 / 0) if raising else None
-    attribution = method(forward, model.layer, stats=stats, loss=loss, **OPTIONS)
+    options = dict(OPTIONS, loss=(lambda outputs, target: 1 / 0) if raising else LOSSES[method])
+    attribution = method(forward, model.layer, stats=stats, **options)
     if raising:
         with pytest.raises(ZeroDivisionError):
             attribution.attribute(x, target=targets, seed=seed)
@@ -92,7 +93,8 @@ def test_the_model_is_left_as_found(setup, method, seed, wrapped, raising):
 def test_fx_and_hook_splits_agree(setup, method, seed):
     model, stats, x, targets = setup
     maps = [
-        method(model, model.layer, stats=stats, split=split, **OPTIONS).attribute(x, target=targets, seed=seed)
+        method(model, model.layer, stats=stats, speed=Speed(split=split), **OPTIONS, loss=LOSSES[method]).attribute(
+            x, target=targets, seed=seed)
         for split in ("fx", "hooks")
     ]
     assert torch.allclose(maps[0], maps[1], rtol=1e-4, atol=1e-5)
@@ -101,6 +103,6 @@ def test_fx_and_hook_splits_agree(setup, method, seed):
 @given(setups(max_n=3), st.sampled_from([IBA, InverseIBA]), SEEDS)
 def test_multilayer_iba_with_one_layer_is_iba(setup, method, seed):
     model, stats, x, targets = setup
-    single = method(model, model.layer, stats=stats, **OPTIONS).attribute(x, target=targets, seed=seed)
-    multi = MultiLayerIBA(model, [model.layer], method=method, stats=[stats], **OPTIONS)
+    single = method(model, model.layer, stats=stats, **OPTIONS, loss=LOSSES[method]).attribute(x, target=targets, seed=seed)
+    multi = MultiLayerIBA(model, [model.layer], method=method, stats=[stats], **OPTIONS, loss=LOSSES[method])
     assert torch.equal(multi.attribute(x, target=targets, seed=seed), single)

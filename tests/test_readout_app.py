@@ -67,8 +67,8 @@ def test_the_stored_maps_are_the_saved_readouts_maps_of_each_batch(run):
     model = open_model("nih", None, **RECIPE)
     modules = dict(model.named_modules())
     layer = choose_layers(model, 32).bottleneck
-    readout = ReadoutIBA(model, modules[layer], [modules[n] for n in config["options"]["readout_layers"]])
-    readout.load(run / "readout" / "trained" / "readout.pt")
+    readout = ReadoutIBA.load(run / "readout" / "trained" / "readout.pt", model, modules[layer],
+                              [modules[n] for n in config["options"]["readout_layers"]])
     assert readout.epochs_trained == 2 and readout.options.beta == 1.0
     items = PhantomCXR(IMAGES, size=32, seed=1000)
     expected = {}

@@ -60,13 +60,15 @@ def test_target_selects_the_output_of_a_multi_output_regressor(toy):
 
 def test_bad_input(toy):
     model, method, x = toy
-    with pytest.raises(ValueError, match="needs target_values"):
+    with pytest.raises(ValueError, match="target_values: expected the score y per sample"):
         method.attribute(x, loss="mse")
     with pytest.raises(ValueError, match="one score per sample"):
         method.attribute(x, loss="mse", target_values=torch.zeros(3))
+    with pytest.raises(TypeError, match="target_values: expected numbers"):
+        method.attribute(x, loss="mse", target_values="3")
     with pytest.raises(ValueError, match="NaN or Inf"):
         method.attribute(x, loss="mse", target_values=torch.tensor([float("nan")]))
-    with pytest.raises(ValueError, match="only used by loss 'mse'"):
+    with pytest.raises(ValueError, match="target_values: expected none with loss 'deviation'"):
         method.attribute(x, target_values=torch.zeros(1))
     with pytest.raises(ValueError, match="loss must be one of"):
         RegressionIBA(model, model.features, loss="ce")

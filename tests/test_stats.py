@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from _toys import SmallCNN
-from captum_iba import FeatureStats
+from captum_iba import IBA, FeatureStats
 from captum_iba.stats import estimate_stats
 
 
@@ -122,13 +122,13 @@ def test_estimation_accepts_datasets_of_dict_items():
 
 def test_estimation_bad_input():
     model = SmallCNN()
-    with pytest.raises(ValueError, match="yielded 0 sample"):
+    with pytest.raises(ValueError, match="data: expected at least 2 samples to estimate feature statistics, got 0"):
         estimate_stats(model, [model.layer], [], progress=False)
     with pytest.raises(ValueError, match="n_samples"):
         estimate_stats(model, [model.layer], [torch.randn(4, 3, 8, 8)], n_samples=1, progress=False)
     with pytest.raises(TypeError, match="data must yield"):
         estimate_stats(model, [model.layer], ["not a batch"], progress=False)
-    with pytest.raises(ValueError, match="4-D feature map"):
-        estimate_stats(model, [model.head[-1]], [torch.randn(4, 3, 8, 8)], progress=False)
-    with pytest.raises(ValueError, match="was not called"):
+    with pytest.raises(ValueError, match=r"reshape_transform: expected a layer output .*got \(N, 4\)"):
+        IBA(model, model.head[-1], loss="ce").estimate([torch.randn(4, 3, 8, 8)], progress=False)
+    with pytest.raises(ValueError, match="the forward pass never called"):
         estimate_stats(model, [nn.Conv2d(1, 1, 1)], [torch.randn(4, 3, 8, 8)], progress=False)

@@ -96,9 +96,8 @@ def test_tuple_targets_explain_one_output_of_a_multi_dimensional_model(grid, met
     """Failure 1 of issue 14: a tuple was read per sample (maps of [1, 2])."""
     model, stats, x = grid
     # A small beta and lambda starting at 0.5: the maps depend strongly on the target.
-    kwargs = dict(stats=stats, steps=3, noise_draws=2, beta=0.1, init_alpha=0.0)
-    if method is RegressionIBA:
-        kwargs["loss"] = "maximize"
+    kwargs = dict(stats=stats, steps=3, noise_draws=2, beta=0.1, init_alpha=0.0,
+                  loss="maximize" if method is RegressionIBA else "ce")
     flat = method(lambda inputs: model(inputs).flatten(1), model.layer, **kwargs)
     maps = method(model, model.layer, **kwargs).attribute(x, target=(1, 2), seed=0)
     assert torch.allclose(maps, flat.attribute(x, target=1 * 3 + 2, seed=0), atol=1e-5)
@@ -109,8 +108,8 @@ def test_tuple_targets_explain_one_output_of_a_multi_dimensional_model(grid, met
 
 def test_multilayer_iba_takes_tuple_targets(grid):
     model, stats, x = grid
-    ml = MultiLayerIBA(model, [model.layer], stats=[stats], steps=2, noise_draws=2)
-    single = IBA(model, model.layer, stats=stats, steps=2, noise_draws=2)
+    ml = MultiLayerIBA(model, [model.layer], stats=[stats], steps=2, noise_draws=2, loss="ce")
+    single = IBA(model, model.layer, stats=stats, steps=2, noise_draws=2, loss="ce")
     assert torch.allclose(ml.attribute(x, target=(1, 0), seed=3), single.attribute(x, target=(1, 0), seed=3))
 
 
@@ -131,7 +130,7 @@ def test_attributions_and_metrics_accept_the_same_targets():
     data = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     (stats,) = estimate_stats(model, [model.layer], [data], 8, False)
     x = data[:2]
-    iba = IBA(model, model.layer, stats=stats, steps=2, noise_draws=2)
+    iba = IBA(model, model.layer, stats=stats, steps=2, noise_draws=2, loss="ce")
     forms = [3, -1, (3,), torch.tensor(3), [3, 3], torch.tensor([3, 3]), [(3,), (-1,)]]
     maps = [iba.attribute(x, target=t, seed=0) for t in forms]
     curves = [insertion_deletion(model, x, maps[0], target=t, n_steps=3).deletion_curve for t in forms]

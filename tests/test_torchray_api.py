@@ -22,13 +22,13 @@ def _data():
 def test_same_maps_as_the_classes(model):
     x = torch.randn(2, 3, 32, 32)
     layer = model.features.denseblock3
-    stats = IBA(model, layer).estimate(_data(), n_samples=16, progress=False)
+    stats = IBA(model, layer, loss="ce").estimate(_data(), n_samples=16, progress=False)
     options = dict(steps=3, seed=4)
     pairs = [
-        (tr.iba(model, x, 1, "features.denseblock3", stats=stats, **options),
-         IBA(model, layer, stats=stats).attribute(x, 1, **options)),
-        (tr.inverse_iba(model, x, [1, 2], layer, stats=stats, **options),
-         InverseIBA(model, layer, stats=stats).attribute(x, [1, 2], **options)),
+        (tr.iba(model, x, 1, "features.denseblock3", stats=stats, loss="ce", **options),
+         IBA(model, layer, stats=stats, loss="ce").attribute(x, 1, **options)),
+        (tr.inverse_iba(model, x, [1, 2], layer, stats=stats, loss="ce", **options),
+         InverseIBA(model, layer, stats=stats, loss="ce").attribute(x, [1, 2], **options)),
         (tr.regression_iba(model, x, 0, "features.denseblock3", stats=stats, loss="maximize", **options),
          RegressionIBA(model, layer, stats=stats, loss="maximize").attribute(x, 0, **options)),
     ]
@@ -36,10 +36,10 @@ def test_same_maps_as_the_classes(model):
         assert functional.shape == (2, 1, 2, 2)
         assert torch.equal(functional, method)
     names = ["features.denseblock1", "features.denseblock2"]
-    ml = MultiLayerIBA(model, [model.features.denseblock1, model.features.denseblock2], threshold="top:0.5")
+    ml = MultiLayerIBA(model, [model.features.denseblock1, model.features.denseblock2], threshold="top:0.5", loss="ce")
     ml.estimate(_data(), n_samples=16, progress=False)
     assert torch.equal(
-        tr.multilayer_iba(model, x, 1, names, stats=ml.stats, threshold="top:0.5", **options),
+        tr.multilayer_iba(model, x, 1, names, stats=ml.stats, threshold="top:0.5", loss="ce", **options),
         ml.attribute(x, 1, **options),
     )
 
@@ -48,20 +48,20 @@ def test_statistics_are_estimated_once_per_model_and_layer(model):
     calls = {"n": 0}
     model.features.conv0.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
     x = torch.randn(1, 3, 32, 32)
-    tr.iba(model, x, 0, "features.denseblock2", data=_data(), n_samples=16, steps=1)
+    tr.iba(model, x, 0, "features.denseblock2", data=_data(), n_samples=16, steps=1, loss="ce")
     after_first = calls["n"]
     assert after_first == 2 + 1  # two estimation batches, one prefix run
-    tr.iba(model, x, 0, "features.denseblock2", data=_data(), n_samples=16, steps=1)
-    tr.inverse_iba(model, x, 0, model.features.denseblock2, steps=1)  # same layer: cached stats
+    tr.iba(model, x, 0, "features.denseblock2", data=_data(), n_samples=16, steps=1, loss="ce")
+    tr.inverse_iba(model, x, 0, model.features.denseblock2, steps=1, loss="ce")  # same layer: cached stats
     assert calls["n"] == after_first + 2  # prefix runs only
     with pytest.raises(ValueError, match="pass stats= .* or data="):
-        tr.iba(model, x, 0, "features.denseblock1")
+        tr.iba(model, x, 0, "features.denseblock1", loss="ce")
 
 
 def test_resize_to_the_input_keeps_the_total(model):
     x = torch.randn(1, 3, 32, 32)
-    small = tr.iba(model, x, 0, "features.denseblock2", data=_data(), n_samples=16, steps=2, seed=0)
-    big = tr.iba(model, x, 0, "features.denseblock2", steps=2, seed=0, resize=True)
+    small = tr.iba(model, x, 0, "features.denseblock2", data=_data(), n_samples=16, steps=2, seed=0, loss="ce")
+    big = tr.iba(model, x, 0, "features.denseblock2", steps=2, seed=0, resize=True, loss="ce")
     assert big.shape == (1, 1, 32, 32)
     assert big.sum().item() == pytest.approx(small.sum().item(), rel=0.05)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from .iba import IBA
 
 
@@ -33,10 +31,6 @@ class InverseIBA(IBA):
         >>> bits = inverse.attribute(images, target=2)   # (N, 1, h, w)
     """
 
-    _default_beta = 30.0
-    _loss_sign = -1.0
-
-    @staticmethod
-    def _signal_fraction(lam: Tensor) -> Tensor:
-        """Inverse IBA keeps ``1 - lambda`` of the feature map."""
-        return 1 - lam
+    _defaults = {"beta": 30.0}
+    _sign = -1.0
+    _inverse = True

@@ -30,7 +30,7 @@ class RegressionIBA(IBA):
     lung regions the score is read from. ``target`` picks the output of a
     multi-output regressor, as in Captum; a single-output model needs none.
 
-    Takes the arguments of :class:`IBA` (``beta`` defaults to 10).
+    Takes the arguments of :class:`IBA`; ``loss`` defaults to ``"deviation"``, ``beta`` to 10.
 
     Examples::
 
@@ -41,7 +41,7 @@ class RegressionIBA(IBA):
         >>> bits = riba.attribute(images, target_values=scores, loss="mse")
     """
 
-    _default_loss = "deviation"
+    _defaults = {"loss": "deviation"}
     _losses = REGRESSION_LOSSES
 
     @log_usage()
@@ -52,6 +52,7 @@ class RegressionIBA(IBA):
         additional_forward_args: Any = None,
         *,
         target_values: Optional[Union[Tensor, float]] = None,
+        internal_batch_size: Optional[int] = None,
         reduce: str = "sum",
         return_lambda: bool = False,
         seed: Optional[int] = None,
@@ -69,9 +70,8 @@ class RegressionIBA(IBA):
             target_values (Tensor or float, optional): the score ``y``,
                 ``(N,)`` or one number, for ``loss="mse"`` (required there,
                 refused by the other losses).
-            reduce, return_lambda, seed, progress, **options: as in
-                :meth:`IBA.attribute`, the speed options ``channels_last``,
-                ``precision`` and ``compile`` included (same tolerances).
+            internal_batch_size, reduce, return_lambda, seed, progress,
+                **options: as in :meth:`IBA.attribute`.
 
         Returns:
             Tensor: bits ``(N, 1, h, w)`` (``(N, C, h, w)`` with
@@ -85,7 +85,5 @@ class RegressionIBA(IBA):
 
             >>> riba.attribute(images, target_values=torch.tensor([6.0, 12.0]), loss="mse")
         """
-        return self._attribute(
-            inputs, target, additional_forward_args, options, reduce, return_lambda, seed,
-            progress, target_values=target_values,
-        )
+        return self._explain(inputs, target, additional_forward_args, options, internal_batch_size, reduce,
+                             return_lambda, seed, progress, target_values=target_values)

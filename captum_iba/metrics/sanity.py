@@ -10,7 +10,7 @@ from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
 from .._validate import find_layer
-from ..split import owning_module
+from .._engine import owning_module
 from . import _inputs
 from ._core import pearson
 

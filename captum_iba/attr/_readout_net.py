@@ -1,11 +1,11 @@
-"""The parts of :class:`~captum_iba.attr.readout.ReadoutIBA`: its network, its input checks, its file.
+"""The Readout Bottleneck's parts: its network, its training batches, its file.
 
 * :class:`ReadoutNetwork` -- three 1x1 convolutions from the stacked readout
-  maps (and the target) to ``alpha``; see :mod:`captum_iba.attr.readout`.
-* the checks of ``readout_layers``, ``readout_stats`` and the training batches
-  (:func:`inputs_and_labels`, :func:`training_rows`);
-* :class:`FirstPasses`: the clean first passes that ``fit`` reuses across epochs;
-* :func:`write_readout` / :func:`read_readout`: the ``captum_iba.ReadoutIBA/1``
+  maps (and the target) to ``alpha`` on the bottleneck's grid;
+* :func:`readout_maps` -- the readout layers' features, normalised and resized to that grid;
+* :func:`inputs_and_labels`, :func:`training_rows` -- what a training batch holds;
+* :class:`FirstPasses` -- the clean first passes that ``fit`` reuses across epochs;
+* :func:`write_readout` / :func:`read_readout` -- the ``captum_iba.ReadoutIBA/1``
   file (``torch.save`` of plain tensors and numbers, read with
   ``weights_only=True``): the network's configuration and weights, Adam's
   state, the statistics of every layer, the options that define the maps and
@@ -23,16 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, SequentialSampler
 
+from .._engine import Layout
 from .._files import atomic_path, read_tagged
-from ..split import check_layer_in_model, owning_module
 from ..stats import FeatureStats
-from ._base import check_stats
 
 FORMAT = "captum_iba.ReadoutIBA/1"
 #: Most bytes of first passes that ``fit`` keeps in memory for its later epochs (see its ``cache``).
 FIRST_PASS_CACHE_BYTES = 2 * 1024**3
-#: Options that define the map of a trained readout: saved with it and restored by load().
-MAP_OPTIONS = ("sigma", "min_std", "init_alpha", "active_neurons_threshold", "beta", "noise_draws", "relu")
 
 
 class ReadoutNetwork(nn.Module):
@@ -95,56 +92,18 @@ class ReadoutNetwork(nn.Module):
         return self.alpha_bound * torch.tanh(alpha / self.alpha_bound)
 
 
-def readout_maps(readouts: List[Tensor], readout_stats: List[FeatureStats], min_std: float, grid) -> Tensor:
-    """The readout layers' outputs normalised by their statistics, resized to ``grid``, stacked on channels."""
+def readout_maps(readouts: List[Tensor], layouts: List[Layout], readout_stats: List[FeatureStats],
+                 min_std: float, grid) -> Tensor:
+    """The readout layers' features normalised by their statistics, on ``grid`` (h, w), stacked on channels."""
     maps = []
-    for i, (readout, stats) in enumerate(zip(readouts, readout_stats)):
-        check_shape(stats, readout, f"readout_stats[{i}]", f"readout_layers[{i}]")
+    for readout, layout, stats in zip(readouts, layouts, readout_stats):
         mean = stats.mean.to(device=readout.device, dtype=readout.dtype)
         std = stats.std(min_std).to(device=readout.device, dtype=readout.dtype)
-        normalised = (readout - mean) / std
+        normalised = layout.to_grid((readout - mean) / std)
         if normalised.shape[-2:] != grid:
             normalised = F.interpolate(normalised, size=grid, mode="bilinear", align_corners=False)
         maps.append(normalised)
     return torch.cat(maps, 1)
-
-
-def check_target(target: Optional[Tensor], n_targets: int) -> Optional[Tensor]:
-    """Formatted target indices checked against a readout trained for ``n_targets`` outputs (0: one output)."""
-    if target is None and n_targets:
-        raise ValueError(f"target is required: the readout was trained on a model with {n_targets} outputs")
-    if target is not None and n_targets and ((target < 0) | (target >= n_targets)).any():
-        raise ValueError(f"target indices must lie in [0, {n_targets - 1}] for a model with {n_targets} "
-                         f"outputs, got {target.tolist()}")
-    # A single-output model has nothing to condition on: any valid target is that output.
-    return target if n_targets else None
-
-
-def check_readout_layers(forward_func, readout_layers) -> List[nn.Module]:
-    if isinstance(readout_layers, nn.Module) or not isinstance(readout_layers, (list, tuple)) \
-            or not readout_layers:
-        raise ValueError("readout_layers must be a non-empty list of modules")
-    for i, layer in enumerate(readout_layers):
-        check_layer_in_model(forward_func, layer, name=f"readout_layers[{i}]")
-    if len({id(layer) for layer in readout_layers}) != len(readout_layers):
-        raise ValueError("readout_layers must be distinct: a layer appears twice")
-    return list(readout_layers)
-
-
-def check_readout_stats(readout_stats, n: int) -> Optional[List[FeatureStats]]:
-    if readout_stats is None:
-        return None
-    if not isinstance(readout_stats, (list, tuple)) or len(readout_stats) != n:
-        raise ValueError(f"readout_stats must hold one FeatureStats per readout layer ({n})")
-    return [check_stats(s, f"readout_stats[{i}]") for i, s in enumerate(readout_stats)]
-
-
-def check_shape(stats: FeatureStats, output: Tensor, name: str, layer_name: str) -> None:
-    if stats.shape != tuple(output.shape[1:]):
-        raise ValueError(
-            f"{name} were estimated for features of shape {stats.shape}, but {layer_name} outputs "
-            f"{tuple(output.shape[1:])} per sample: estimate them at this layer and input size"
-        )
 
 
 def inputs_and_labels(batch) -> Tuple[Tensor, Optional[Tensor]]:
@@ -180,51 +139,41 @@ def training_rows(inputs: Tensor, target, labels) -> Tuple[Tensor, Any]:
     )
 
 
-def layer_names(forward_func, layers) -> Optional[List[str]]:
-    model = owning_module(forward_func)
-    if model is None:
-        return None
-    names = {id(module): name for name, module in model.named_modules()}
-    return [names[id(layer)] for layer in layers]
-
-
-def write_readout(readout, path) -> None:
-    """Write ``readout`` (a trained ReadoutIBA) to ``path`` atomically (see the module notes)."""
+def write_readout(path, *, layers, network: ReadoutNetwork, optimizer, options: dict, epochs_trained: int,
+                  history: list, stats: List[FeatureStats]) -> None:
+    """Write a trained readout to ``path`` atomically (see the module notes)."""
     payload = {
         "format": FORMAT,
-        "layers": layer_names(readout.forward_func, [readout.layer, *readout.readout_layers]),
-        "network": dict(readout.network.config, hidden=list(readout.network.config["hidden"])),
-        "options": {name: getattr(readout.options, name) for name in MAP_OPTIONS},
-        "state": readout.network.state_dict(),
-        "optimizer": readout._optimizer.state_dict(),
-        "epochs_trained": readout.epochs_trained,
-        "history": readout.history,
-        "stats": [s.state_dict() for s in (readout.stats, *readout.readout_stats)],
+        "layers": layers,
+        "network": dict(network.config, hidden=list(network.config["hidden"])),
+        "options": options,
+        "state": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epochs_trained": epochs_trained,
+        "history": history,
+        "stats": [s.state_dict() for s in stats],
     }
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
 
 
-def read_readout(readout, path) -> Tuple[dict, ReadoutNetwork, torch.optim.Optimizer, List[FeatureStats]]:
-    """The file at ``path`` for ``readout``: ``(payload, network, optimizer, stats)``, checked.
+def read_readout(path, layers: Optional[List[str]], n_readout_layers: int):
+    """The file at ``path``: ``(payload, network, optimizer, stats)``, checked against the layers' names.
 
     Raises
     ------
     FileNotFoundError, ValueError
         As :meth:`ReadoutIBA.load <captum_iba.attr.readout.ReadoutIBA.load>`.
     """
+    where = repr(os.fspath(path))
     payload = read_tagged(path, FORMAT, "ReadoutIBA", "readout")
-    names = layer_names(readout.forward_func, [readout.layer, *readout.readout_layers])
-    if names is not None and payload["layers"] is not None and names != payload["layers"]:
-        raise ValueError(
-            f"{os.fspath(path)!r} was trained with layer and readout_layers {payload['layers']}, "
-            f"this instance has {names}"
-        )
-    stats = [FeatureStats.from_state_dict(entry, f"the statistics in {os.fspath(path)!r}")
-             for entry in payload["stats"]]
-    if len(stats) != 1 + len(readout.readout_layers):
-        raise ValueError(f"{os.fspath(path)!r} holds {len(stats) - 1} readout layers' statistics, "
-                         f"this instance has {len(readout.readout_layers)} readout layers")
+    if layers is not None and payload["layers"] is not None and layers != payload["layers"]:
+        raise ValueError(f"{where} was trained with layer and readout_layers {payload['layers']}, "
+                         f"these are {layers}")
+    stats = [FeatureStats.from_state_dict(entry, f"the statistics in {where}") for entry in payload["stats"]]
+    if len(stats) != 1 + n_readout_layers:
+        raise ValueError(f"{where} holds {len(stats) - 1} readout layers' statistics, "
+                         f"{n_readout_layers} readout layers are given")
     network = ReadoutNetwork(**dict(payload["network"], hidden=tuple(payload["network"]["hidden"])))
     network.load_state_dict(payload["state"])
     optimizer = torch.optim.Adam(network.parameters())
