@@ -125,7 +125,10 @@ def test_fx_runs_the_prefix_once_and_equals_the_hook_path(cnn):
     stem_calls = _counting(model.stem[0])  # a leaf: fx calls it directly
     x = _inputs(3)
     via_fx = fx.attribute(x, target=1, seed=5)
-    assert stem_calls["calls"] == 1  # the prefix ran once, not once per step
+    # The first call checks once that the traced parts reproduce the model (a whole forward and a prefix).
+    assert stem_calls["calls"] == 1 + 2
+    assert torch.equal(fx.attribute(x, target=1, seed=5), via_fx)
+    assert stem_calls["calls"] == 1 + 2 + 1  # the prefix ran once, not once per step
     via_hooks = hooks.attribute(x, target=1, seed=5)
     assert stem_calls["calls"] > 4
     assert torch.allclose(via_fx, via_hooks, rtol=1e-4, atol=1e-5)

@@ -255,6 +255,8 @@ class FxSplit:
     """
 
     mode = "fx"
+    #: Whether :func:`verified_split` saw the parts reproduce the model's outputs.
+    verified = False
 
     def __init__(self, model: nn.Module, layer: nn.Module, arity: int = 1) -> None:
         graph = trace_model(model, [layer], arity)
@@ -365,6 +367,38 @@ def _suffix_graph(graph: torch.fx.Graph, layer_node: torch.fx.Node, carried: Lis
             env[node] = suffix.node_copy(node, lambda n: env[n])
     suffix.lint()
     return suffix
+
+
+def verified_split(split, forward_func: Callable, inputs: Tuple, additional_forward_args: Tuple, mode: str = "auto"):
+    """``split`` if its prefix and suffix reproduce ``forward_func``'s outputs on these inputs, else the hook split.
+
+    A trace follows one path through Python code (``isinstance`` on a traced
+    value, a branch on a constant), which other inputs may not take: one
+    clean forward pass of both checks it once. ``mode="fx"`` raises instead
+    of falling back.
+    """
+    if split.mode != "fx" or split.verified:
+        return split
+    with torch.no_grad():
+        expected = forward_func(*inputs, *additional_forward_args)
+        try:
+            features, context = split.features(inputs, additional_forward_args)
+            agrees = _same_outputs(split.outputs(features, context), expected)
+        except Exception:  # the traced path breaks on these inputs
+            agrees = False
+    if agrees:
+        split.verified = True
+        return split
+    if mode == "fx":
+        raise ValueError("speed.split='fx': the traced model does not reproduce the model's outputs on these inputs "
+                         "(its Python code takes another path); use split='auto' or 'hooks'")
+    return HookSplit(forward_func, split.layer)
+
+
+def _same_outputs(ours, expected) -> bool:
+    if not (isinstance(ours, Tensor) and isinstance(expected, Tensor)) or ours.shape != expected.shape:
+        return ours is expected or (not isinstance(ours, Tensor) and type(ours) is type(expected))
+    return bool(torch.allclose(ours.float(), expected.float(), rtol=1e-4, atol=1e-5, equal_nan=True))
 
 
 def make_split(forward_func: Callable, layer: nn.Module, mode: str = "auto", arity: int = 1):

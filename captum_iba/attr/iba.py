@@ -12,7 +12,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._engine import Engine, Speed, find_layout, frozen_model, make_split, owning_module
-from .._engine.split import cut_per_sample, required_arguments
+from .._engine.split import cut_per_sample, required_arguments, verified_split
 from .._validate import (check_choice, check_inputs_for_model, check_layer_in_model, check_output, check_positive_int, check_seed,
                          check_stats, flat_targets, format_additional_args, format_inputs, format_target,
                          model_runs_on, select_targets)
@@ -292,7 +292,8 @@ class IBA(LayerAttribution):
         """``(bits (n, C, h, w), lambda)`` of one batch of inputs."""
         n, draws = inputs[0].shape[0], options.noise_draws
         with frozen_model(self.forward_func):
-            split = self.split(options.speed.split, len(inputs) + len(args))
+            key = (options.speed.split, len(inputs) + len(args))
+            split = self._splits[key] = verified_split(self.split(*key), self.forward_func, inputs, args, key[0])
             with torch.no_grad(), model_runs_on(inputs):
                 features, context = split.features(inputs, args)
                 layout = find_layout(owning_module(self.forward_func), features, self.reshape_transform)

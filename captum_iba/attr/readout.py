@@ -30,6 +30,7 @@ from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
 from .._engine import SPEEDS, Engine, capture_layer_outputs, find_layout, frozen_model, make_split, owning_module
+from .._engine.split import verified_split
 from .._progress import progress as progress_bar
 from .._validate import (check_choice, check_layers, check_number, check_positive_int, check_stats, flat_targets,
                          format_additional_args, format_inputs, format_target, layer_names)
@@ -329,6 +330,7 @@ class ReadoutIBA(LayerAttribution):
     def _prepare(self, inputs: Tensor, lr: float, generator):
         """The clean first pass of a training batch: ``F``, its layout, the readout maps, the suffix's context."""
         features, layout, readout = self._first_pass((inputs,), ())
+        self._split = verified_split(self.split(), self.forward_func, (inputs,), ())
         _, context = self.split().features((inputs,), ())
         if self.network is None:
             clean = self.split().outputs(features.clone(), context)
