@@ -292,9 +292,9 @@ class IBA(LayerAttribution):
         """``(bits (n, C, h, w), lambda)`` of one batch of inputs."""
         n, draws = inputs[0].shape[0], options.noise_draws
         with frozen_model(self.forward_func):
-            key = (options.speed.split, len(inputs) + len(args))
-            split = self._splits[key] = verified_split(self.split(*key), self.forward_func, inputs, args, key[0])
             with torch.no_grad(), model_runs_on(inputs):
+                key = (options.speed.split, len(inputs) + len(args))
+                split = self._splits[key] = verified_split(self.split(*key), self.forward_func, inputs, args, key[0])
                 features, context = split.features(inputs, args)
                 layout = find_layout(owning_module(self.forward_func), features, self.reshape_transform)
                 check_stats(stats, features=features)
