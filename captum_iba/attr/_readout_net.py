@@ -3,7 +3,7 @@
 * :class:`ReadoutNetwork` -- three 1x1 convolutions from the stacked readout
   maps (and the target) to ``alpha`` on the bottleneck's grid;
 * :func:`readout_maps` -- the readout layers' features, normalised and resized to that grid;
-* :func:`inputs_and_labels`, :func:`training_rows` -- what a training batch holds;
+* :func:`training_batches`, :func:`first_passes` -- the training rows of each batch and their clean passes;
 * :class:`FirstPasses` -- the clean first passes that ``fit`` reuses across epochs;
 * :func:`write_readout` / :func:`read_readout` -- the ``captum_iba.ReadoutIBA/1``
   file (``torch.save`` of plain tensors and numbers, read with
@@ -137,6 +137,31 @@ def training_rows(inputs: Tensor, target, labels) -> Tuple[Tensor, Any]:
         "labels must be class indices (n,) of an integer dtype or multi-hot (n, K) floats; "
         f"got shape {tuple(labels.shape)}, dtype {labels.dtype}"
     )
+
+
+def training_batches(data, target):
+    """``(inputs, target)`` of each batch of ``data``: a given target (one, or one per sample in order), or the labels'."""
+    per_sample, offset = isinstance(target, Tensor) and target.dim() == 1, 0
+    for batch in data:
+        inputs, labels = inputs_and_labels(batch)
+        batch_target = target
+        if per_sample:
+            batch_target = target[offset : offset + len(inputs)]
+            if len(batch_target) != len(inputs):
+                raise ValueError(f"target: expected one entry per sample of data, got {len(target)} for more")
+            offset += len(inputs)
+        inputs, batch_target = training_rows(inputs, batch_target, labels)
+        if inputs.shape[0]:
+            yield inputs, batch_target
+
+
+def first_passes(batches, prepare, passes: Optional["FirstPasses"]):
+    """``(*prepare(inputs), target)`` of each training batch, kept in ``passes`` for the later epochs."""
+    for inputs, target in batches:
+        entry = (*prepare(inputs), target)
+        if passes is not None:
+            passes.add(entry)
+        yield entry
 
 
 def write_readout(path, *, layers, network: ReadoutNetwork, optimizer, options: dict, epochs_trained: int,

@@ -37,8 +37,8 @@ from .._validate import (check_choice, check_layers, check_number, check_positiv
 from ..bottleneck import Bottleneck
 from ..objectives import CLASSIFICATION_LOSSES, get_objective
 from ..stats import FeatureStats, estimate_stats
-from ._readout_net import (FirstPasses, ReadoutNetwork, inputs_and_labels, read_readout, readout_maps,
-                           same_batches, training_rows, write_readout)
+from ._readout_net import (FirstPasses, ReadoutNetwork, first_passes, read_readout, readout_maps, same_batches,
+                           training_batches, write_readout)
 from .options import ReadoutOptions
 
 __all__ = ["ReadoutIBA", "ReadoutNetwork", "COLLAPSE_NATS"]
@@ -206,8 +206,7 @@ class ReadoutIBA(LayerAttribution):
                              f"with {n_targets} outputs")
         if not n_targets:
             return None  # a single-output model has nothing to condition on
-        flat = flat_targets(target, (n_targets,))
-        return flat
+        return flat_targets(target, (n_targets,))
 
     # ------------------------------------------------------------------ training
 
@@ -286,7 +285,8 @@ class ReadoutIBA(LayerAttribution):
         if passes is not None and passes.complete:
             batches = progress_bar(passes.entries, desc=description, enabled=progress)
         else:
-            batches = self._first_passes(data, target, lr, generator, progress, description, passes)
+            batches = first_passes(training_batches(progress_bar(data, desc=description, enabled=progress), target),
+                                   lambda inputs: self._prepare(inputs, lr, generator), passes)
         for features, layout, readout, context, batch_target in batches:
             for group in self._optimizer.param_groups:
                 group["lr"] = lr
@@ -301,24 +301,6 @@ class ReadoutIBA(LayerAttribution):
         loss, model_loss, information_loss = (totals / rows).tolist()
         return dict(epoch=self.epochs_trained, loss=loss, model_loss=model_loss, information_loss=information_loss,
                     rows=rows, seconds=time.perf_counter() - started)
-
-    def _first_passes(self, data, target, lr, generator, progress, description, passes):
-        """``(features, layout, readout maps, context, target)`` of each training batch, kept in ``passes``."""
-        per_sample, offset = isinstance(target, Tensor) and target.dim() == 1, 0
-        for batch in progress_bar(data, desc=description, enabled=progress):
-            inputs, labels = inputs_and_labels(batch)
-            batch_target = target
-            if per_sample:
-                batch_target = target[offset : offset + len(inputs)]
-                if len(batch_target) != len(inputs):
-                    raise ValueError(f"target: expected one entry per sample of data, got {len(target)} for more")
-                offset += len(inputs)
-            inputs, batch_target = training_rows(inputs, batch_target, labels)
-            if inputs.shape[0]:
-                entry = (*self._prepare(inputs, lr, generator), batch_target)
-                if passes is not None:
-                    passes.add(entry)
-                yield entry
 
     def split(self):
         """The prefix/suffix split of the model at the bottleneck layer, built once."""
