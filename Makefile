@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[torchray,dicom,xrv,test]'
+	$(PY) -m pip install --quiet -e '.[torchray,dicom,xrv,timm,hf,gradcam,test]'
 	touch $(STAMP)
 
 test: $(STAMP)
