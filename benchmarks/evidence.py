@@ -32,12 +32,12 @@ from torch import nn
 
 from captum_iba import IBA, InverseIBA, RegressionIBA
 from captum_iba.cxr import FINDINGS, PhantomCXR, collate, load_embedded_model
-from captum_iba.cxr.cue import cue_images, cue_table, intervention_drop
-from captum_iba.cxr.embedded import CUE_FINDING
+from captum_iba.cxr.phantom.cue import cue_images, cue_table, intervention_drop
+from captum_iba.cxr.models.embedded import CUE_FINDING
 from captum_iba.maps import resize_map
 from captum_iba.metrics import sensitivity_n
 from captum_iba.metrics._core import baseline_images
-from captum_iba.methods import inplace_free_copy
+from captum_iba.app.methods import inplace_free_copy
 
 LAYER = "features.denseblock2"
 HELD_OUT_SEED = 1000  # as the demo: the models train on seeds 0 (train) and 1 (test)

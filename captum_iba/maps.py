@@ -22,7 +22,7 @@ _THRESHOLD_FORMS = (
 )
 
 
-def as_map_batch(attributions, n=None):
+def as_map_batch(attributions, n=None, name="attributions"):
     """Bring attributions to a batch of single-channel maps.
 
     Parameters
@@ -33,6 +33,8 @@ def as_map_batch(attributions, n=None):
         channels.
     n : int, optional
         The expected batch size (usually the number of inputs).
+    name : str, optional
+        The argument's name in error messages.
 
     Returns
     -------
@@ -54,11 +56,7 @@ def as_map_batch(attributions, n=None):
     >>> as_map_batch(torch.ones(2, 3, 4, 4)).shape
     torch.Size([2, 1, 4, 4])
     """
-    return _map_batch(attributions, n, "attributions")
-
-
-def _map_batch(value, n, name):
-    """:func:`as_map_batch` for any argument; errors name it ``name``."""
+    value = attributions
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() == 3:
@@ -80,7 +78,8 @@ def _map_batch(value, n, name):
     return maps
 
 
-def _size_pair(size):
+def size_pair(size):
+    """``size`` (an int: a square, or a pair) as a pair ``(H, W)`` of positive ints."""
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size, size)
     size = tuple(size)
@@ -133,7 +132,7 @@ def resize_map(maps, size, preserve_total=True, mode="bilinear"):
     True
     """
     maps = as_map_batch(maps)
-    height, width = _size_pair(size)
+    height, width = size_pair(size)
     if mode not in RESIZE_MODES:
         raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
     h, w = maps.shape[-2:]

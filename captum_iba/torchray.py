@@ -7,7 +7,7 @@ return the same kind of map, so a TorchRay benchmark loop takes IBA, Inverse
 IBA, Regression IBA and Multi-layer IBA unchanged::
 
     from torchray.attribution.grad_cam import grad_cam
-    from captum_iba.torchray import iba, inverse_iba
+    from .torchray import iba, inverse_iba
 
     for x, y in loader:
         cam = grad_cam(model, x, y, saliency_layer="features.norm5")
@@ -48,15 +48,6 @@ def clear_cache(model: Optional[nn.Module] = None) -> None:
             cache.clear()
         else:
             cache.pop(model, None)
-
-
-def resolve_layer(model: nn.Module, layer: LayerSpec, name: str = "saliency_layer") -> Tuple[str, nn.Module]:
-    """``(qualified name, module)`` for a layer given by name or as a module.
-
-    Raises ``ValueError`` for a name the model does not have (listing the
-    closest names) or a module that is not inside the model.
-    """
-    return find_layer(model, layer, name)
 
 
 def _layer_stats(model, names: List[str], layers: List[nn.Module], stats, data, n_samples, progress):
@@ -109,7 +100,7 @@ def _saliency(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_post(**post)
-    resolved = [resolve_layer(model, spec, "saliency_layers" if issubclass(cls, MultiLayerIBA) else "saliency_layer")
+    resolved = [find_layer(model, spec, "saliency_layers" if issubclass(cls, MultiLayerIBA) else "saliency_layer")
                 for spec in layer_specs]
     names = tuple(name for name, _ in resolved)
     layers = [layer for _, layer in resolved]
@@ -267,51 +258,3 @@ def multilayer_iba(
         raise ValueError("saliency_layers must be a non-empty list of layer names or modules")
     return _saliency(MultiLayerIBA, model, input, target, list(saliency_layers), stats, data, n_samples, _post(resize, resize_mode, smooth), **options)
 
-
-def saliency(
-    method: str,
-    model: nn.Module,
-    input: Tensor,
-    target,
-    saliency_layer: Union[LayerSpec, Sequence[LayerSpec]],
-    *,
-    stats=None,
-    data: Optional[Iterable] = None,
-    n_samples: int = 1000,
-    resize: Union[bool, Tuple[int, int]] = False,
-    resize_mode: str = "bilinear",
-    smooth: float = 0.0,
-    **options: Any,
-) -> Tensor:
-    r"""Any IBA-family method of the registry (:data:`captum_iba.methods.METHODS`), TorchRay style.
-
-    ``saliency("iba", ...)`` is :func:`iba`; a method added with
-    :func:`captum_iba.methods.register_method` is reached the same way, and as
-    ``captum_iba.torchray.<its function name>``. ``saliency_layer`` is a list
-    of layers for a multi-layer method. Other arguments as :func:`iba`.
-    """
-    from .methods import METHODS
-
-    entry = METHODS.get(method)
-    if entry is None or entry.attribution is None or entry.train is not None:  # a trained method needs data
-        known = [name for name, m in METHODS.items() if m.attribution is not None and m.train is None]
-        raise ValueError(f"method must be an IBA-family method of captum_iba.methods.METHODS "
-                         f"({', '.join(known)}), got {method!r}")
-    multi = entry.layers == "multilayer"
-    if multi and (isinstance(saliency_layer, (str, nn.Module)) or not saliency_layer):
-        raise ValueError("saliency_layers must be a non-empty list of layer names or modules")
-    layers = list(saliency_layer) if multi else [saliency_layer]
-    return _saliency(entry.attribution, model, input, target, layers, stats, data, n_samples,
-                     _post(resize, resize_mode, smooth), **options)
-
-
-def __getattr__(name: str):
-    """``captum_iba.torchray.<function>`` for a registered method that names one (see :func:`saliency`)."""
-    from functools import partial
-
-    from .methods import METHODS
-
-    for key, entry in METHODS.items():
-        if entry.function == name and entry.attribution is not None and entry.train is None:
-            return partial(saliency, key)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from captum_iba.cxr import PhantomCXR, collate
-from captum_iba.cxr.checkpoints import save_model
+from captum_iba.cxr.models.checkpoints import save_model
 from captum_iba.app.sources import choose_layers, open_model
 from captum_iba.app.store import MethodStore, read_index, read_maps
-from captum_iba.methods import MethodSuite
+from captum_iba.app.methods import MethodSuite
 from captum_iba.app import store as store_module
 from captum_iba.app.cli import main as cli_main
-from captum_iba.app.distributed import batch_seed
+from captum_iba.app.attribute.distributed import batch_seed
 from captum_iba.stats import FeatureStats
 
 RECIPE = {"size": 32, "train_images": 64, "test_images": 32, "epochs": 1}

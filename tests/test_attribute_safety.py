@@ -23,14 +23,14 @@ import torch
 
 from captum_iba._files import NoSpaceError
 from captum_iba.app import cli
-from captum_iba.app import report as report_module
+from captum_iba.app.report import render as report_module
 from captum_iba.app import store as store_module
-from captum_iba.app.distributed import shard
+from captum_iba.app.attribute.distributed import shard
 from captum_iba.app.store import MethodStore, StoreError, read_maps
 from captum_iba.cxr import small_densenet
-from captum_iba.cxr._cache import write_checkpoint
-from captum_iba.cxr.checkpoints import load_model
-from captum_iba.methods import MethodSuite
+from captum_iba.cxr.models._cache import write_checkpoint
+from captum_iba.cxr.models.checkpoints import load_model
+from captum_iba.app.methods import MethodSuite
 
 RECIPE = {"size": 32, "train_images": 64, "test_images": 32, "epochs": 1}
 EMBEDDED = ("--embedded-overrides", ",".join(f"{key}={value}" for key, value in RECIPE.items()))

@@ -2,9 +2,9 @@
 
 import pytest
 
-from captum_iba.app.claims import MARGIN, claims, fmt
-from captum_iba.app.paper import CLAIMS
-from captum_iba.app.studies import MIN_CLAIM_PAIRS
+from captum_iba.app.report.claims import MARGIN, claims, fmt
+from captum_iba.app.report.paper import CLAIMS
+from captum_iba.app.report.studies import MIN_CLAIM_PAIRS
 from captum_iba.objectives import REGRESSION_LOSSES
 
 NAN = float("nan")

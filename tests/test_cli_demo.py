@@ -9,9 +9,9 @@ from _realdata import NIH_IMAGES
 
 from captum_iba.app.cli import main
 from captum_iba.cxr import FINDINGS, small_densenet
-from captum_iba.cxr.checkpoints import save_model
-from captum_iba.app.paper import CLAIMS
-from captum_iba.methods import METHODS
+from captum_iba.cxr.models.checkpoints import save_model
+from captum_iba.app.report.paper import CLAIMS
+from captum_iba.app.methods import METHODS
 
 TINY = ["--size", "32", "--train-images", "64", "--epochs", "1", "--images", "4", "--auc-images", "16",
         "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4", "--extremal-iterations", "2",
@@ -108,7 +108,7 @@ def test_evaluate_errors(tmp_path, capsys):
 
 
 def test_train_writes_a_checkpoint_that_evaluate_loads(tmp_path, monkeypatch):
-    from captum_iba.cxr.checkpoints import load_model
+    from captum_iba.cxr.models.checkpoints import load_model
 
     out = tmp_path / "detectors.pt"
     assert main(["train", "--task", "brixia_detectors", "--images", "32", "--size", "32", "--epochs", "1",

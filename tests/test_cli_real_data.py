@@ -14,8 +14,8 @@ import pytest
 
 from _realdata import write_brixia_folder, write_factory_module, write_nih_folder
 from captum_iba.app.cli import main
-from captum_iba.io import read_maps
-from captum_iba.methods import METHODS
+from captum_iba.app.store import read_maps
+from captum_iba.app.methods import METHODS
 
 QUICK = ["--images", "1", "--steps", "2", "--noise-draws", "2", "--batch-size", "4", "--insertion-steps", "4",
          "--sensitivity-masks", "2", "--extremal-iterations", "2", "--quiet"]

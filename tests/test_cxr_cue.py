@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from captum_iba.cxr import FINDINGS, PhantomCXR, load_embedded_model, to_grey
-from captum_iba.cxr.cue import cue_images, cue_table, intervention_drop, share_on_cue
-from captum_iba.cxr.embedded import CUE_FINDING, CUE_MODELS, EMBEDDED_MODELS, embedded_model_path
+from captum_iba.cxr.phantom.cue import cue_images, cue_table, intervention_drop, share_on_cue
+from captum_iba.cxr.models.embedded import CUE_FINDING, CUE_MODELS, EMBEDDED_MODELS, embedded_model_path
 
 SIZE = 64
 FINDING = "Cardiomegaly"

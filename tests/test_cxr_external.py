@@ -8,13 +8,13 @@ import torchvision
 from _realdata import folder_digest, write_factory_module
 
 from captum_iba import IBA
+from captum_iba._validate import find_layer
 from captum_iba.cxr import (
     FINDINGS,
     ExternalModel,
     InputFormat,
     default_bottleneck,
     external_model,
-    find_layer,
     model_from_factory,
     parse_input_format,
     parse_outputs,
@@ -49,7 +49,7 @@ def test_factory_resnet50_wraps_transparently(factories):
     with torch.no_grad():
         assert torch.allclose(model(images), raw(images), atol=1e-5)  # imagenet format: images go in as they are
     # The user's own layer names resolve on the wrapper, to the user's modules.
-    assert find_layer(model, "layer3.1.conv2") is model.wrapped.layer3[1].conv2
+    assert find_layer(model, "layer3.1.conv2")[1] is model.wrapped.layer3[1].conv2
     assert model.get_submodule("layer4") is model.wrapped.layer4
     # A view, not a container: every layer once, the model's own state-dict keys, modes shared.
     assert len(list(model.modules())) == len(list(raw.modules()))
@@ -150,7 +150,7 @@ def test_iba_runs_at_the_default_layer_on_a_64_px_image(factories, spec):
         model = external_model(f"{factories}:resnet50")
     layer = default_bottleneck(model, 64)
     assert layer == {"factory": "layer1", "xrv": "features.denseblock1"}[spec]
-    iba = IBA(model, find_layer(model, layer), loss="bce", steps=2, noise_draws=2)
+    iba = IBA(model, find_layer(model, layer)[1], loss="bce", steps=2, noise_draws=2)
     iba.estimate([grey_images(4, seed=1)], n_samples=4, progress=False)
     bits = iba.attribute(grey_images(2), target=FINDINGS.index("Effusion"))
     assert bits.shape == (2, 1, 16, 16) and torch.isfinite(bits).all() and (bits >= 0).all() and bits.sum() > 0

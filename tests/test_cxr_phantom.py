@@ -169,8 +169,8 @@ def test_model_input_round_trip():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(n=-1), "n: expected an integer >= 0"),
-        (dict(n=2, size=16), "size: expected an integer >= 32"),
+        (dict(n=-1), "n: expected an int >= 0"),
+        (dict(n=2, size=16), "size: expected an int >= 32"),
         (dict(n=2, size=64.0), "size"),
         (dict(n=2, task="chexpert"), "task: expected one of"),
         (dict(n=2, seed=-3), "seed"),

@@ -19,7 +19,7 @@ from captum_iba.cxr import (
     positive_weights,
     small_densenet,
 )
-from captum_iba.cxr import _cache, embedded
+from captum_iba.cxr.models import _cache, embedded
 
 PAPER_LAYERS = [f"features.denseblock{k}" for k in range(1, 5)]
 PAPER_LAYERS += ["features.norm5", "features.transition3", "classifier"]
@@ -157,7 +157,7 @@ def test_fit_bad_arguments():
         fit(small_densenet(8), data, "focal")
     with pytest.raises(KeyError, match="target: the dataset's items have no key 'score'"):
         fit(small_densenet(1), data, "mse")
-    with pytest.raises(ValueError, match="epochs: expected a positive integer"):
+    with pytest.raises(ValueError, match="epochs: expected an int >= 1"):
         fit(small_densenet(8), data, epochs=0)
 
 

@@ -1,12 +1,12 @@
-"""`captum_iba.app.evaluation` piece by piece, on hand-made items, masks and maps."""
+"""`captum_iba.app.report.evaluation` piece by piece, on hand-made items, masks and maps."""
 
 import math
 
 import pytest
 import torch
 
-from captum_iba.app import evaluation
-from captum_iba.app.evaluation import (
+from captum_iba.app.report import evaluation
+from captum_iba.app.report.evaluation import (
     EvaluationSettings,
     MethodMaps,
     Pairs,

@@ -1,4 +1,4 @@
-"""The paper's numbers in ``captum_iba.app.paper`` are the ones its text prints.
+"""The paper's numbers in ``captum_iba.app.report.paper`` are the ones its text prints.
 
 The values are parsed from the paper's text (``../shared/paper/`` next to the
 repository, or ``$CAPTUM_IBA_PAPER``), so a typo in the module fails here.
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from captum_iba.app import paper
+from captum_iba.app.report import paper
 from captum_iba.cxr.schema import DETECTORS, FINDINGS
-from captum_iba.methods import METHODS
+from captum_iba.app.methods import METHODS
 from captum_iba.objectives import REGRESSION_LOSSES
 
 NAME = "khakzar2021-chexplain-iba.txt"

@@ -18,7 +18,7 @@ from captum_iba.app.cli import main as cli_main
 from captum_iba.app.sources import choose_layers, open_model
 from captum_iba.app.store import read_maps
 from captum_iba.cxr import PhantomCXR, collate
-from captum_iba.methods import METHODS, MethodSuite
+from captum_iba.app.methods import METHODS, MethodSuite
 
 RECIPE = {"size": 32, "train_images": 64, "test_images": 32, "epochs": 1}
 EMBEDDED = ("--embedded-overrides", ",".join(f"{key}={value}" for key, value in RECIPE.items()))
@@ -140,7 +140,7 @@ def test_the_suite_trains_a_learning_method_only_with_training_data():
 
 
 def test_the_seconds_table_adds_the_training_spread_over_the_maps():
-    from captum_iba.app.report import _timings
+    from captum_iba.app.report.render import _timings
 
     scores = {"iba": {"seconds_per_map": 0.5, "warmup_seconds": 1.0},
               "readout": {"seconds_per_map": 0.01, "warmup_seconds": 0.1}}

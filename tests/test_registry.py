@@ -1,10 +1,9 @@
 """One registry entry reaches everything: a throwaway method and a throwaway dataset reader.
 
 The method is IBA under another class and name (so its maps must equal IBA's,
-seed for seed); it is registered with ``captum_iba.methods.register_method``
+seed for seed); it is registered with ``captum_iba.app.methods.register_method``
 and found in the CLI's choices, the method suite, the attribute runner (maps
-read back from the store), the report (Table 1 of the NIH study) and
-``captum_iba.torchray``. The dataset reader is the NIH reader under another
+read back from the store) and the report (Table 1 of the NIH study). The dataset reader is the NIH reader under another
 name. Each fixture removes its entry afterwards.
 """
 
@@ -15,20 +14,19 @@ import torch
 from _realdata import NIH_IMAGES
 from _toys import tiny_densenet
 
-import captum_iba.torchray
 from captum_iba import IBA
-from captum_iba.app import report as report_module
+from captum_iba.app.report import render as report_module
 from captum_iba.app.cli import build_parser
 from captum_iba.app.cli import main as cli_main
-from captum_iba.app.evaluation import EvaluationSettings
-from captum_iba.app.report import ReportInputs, run_report
+from captum_iba.app.report.evaluation import EvaluationSettings
+from captum_iba.app.report.render import ReportInputs, run_report
 from captum_iba.app.sources import DATASETS, DatasetSource, open_dataset, register_dataset
 from captum_iba.cxr import FINDINGS, NIHChestXray8, PhantomCXR, small_densenet
-from captum_iba.cxr.checkpoints import save_model
-from captum_iba.io import read_maps
-from captum_iba.methods import BOTTLENECK_OPTIONS, METHODS, Method, MethodSuite, bottleneck_method, register_method
+from captum_iba.cxr.models.checkpoints import save_model
+from captum_iba.app.store import read_maps
+from captum_iba.app.methods import BOTTLENECK_OPTIONS, METHODS, Method, MethodSuite, bottleneck_method, register_method
 
-NAME, LABEL, FUNCTION = "throwaway_iba", "Throwaway IBA", "throwaway_bottleneck"
+NAME, LABEL = "throwaway_iba", "Throwaway IBA"
 DATASET = "throwaway_nih"
 pytestmark = pytest.mark.filterwarnings("ignore::captum_iba.cxr.MissingImagesWarning")
 
@@ -41,7 +39,7 @@ class ThrowawayIBA(IBA):
 def method():
     entry = register_method(NAME, Method(
         LABEL, "captum_iba", ("classification",), lambda suite: bottleneck_method(suite, ThrowawayIBA, loss="bce"),
-        layers="bottleneck", options=BOTTLENECK_OPTIONS, attribution=ThrowawayIBA, function=FUNCTION,
+        layers="bottleneck", options=BOTTLENECK_OPTIONS, attribution=ThrowawayIBA,
         defaults={"loss": "bce"}))
     yield entry
     METHODS.pop(NAME)
@@ -103,24 +101,6 @@ def test_the_suite_lists_and_runs_a_registered_method(method):
     maps = suite.attribute(NAME, images, target, seed=3)
     assert maps.shape == (2, 1, 2, 2)
     assert torch.equal(maps, suite.attribute("iba", images, target, seed=3))
-
-
-def test_torchray_reaches_a_registered_method_by_key_and_by_function_name(method):
-    model = tiny_densenet(8)
-    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    options = {"data": [images], "n_samples": 2, "steps": 2, "seed": 1, "resize": True}
-    expected = captum_iba.torchray.iba(model, images, 4, "features.denseblock3", **options)
-    by_key = captum_iba.torchray.saliency(NAME, model, images, 4, "features.denseblock3", **options)
-    by_name = getattr(captum_iba.torchray, FUNCTION)(model, images, 4, "features.denseblock3", **options)
-    assert by_key.shape == (2, 1, 32, 32)
-    assert torch.equal(by_key, expected) and torch.equal(by_name, expected)
-
-
-def test_torchray_forgets_a_removed_method():
-    with pytest.raises(AttributeError):
-        getattr(captum_iba.torchray, FUNCTION)
-    with pytest.raises(ValueError, match="IBA-family method"):
-        captum_iba.torchray.saliency(NAME, tiny_densenet(8), torch.zeros(1, 3, 32, 32), 0, "features.denseblock3")
 
 
 TINY_RUN = ["--batch-size", "2", "--embedded-overrides", "size=32,train_images=64,test_images=32,epochs=1",

@@ -1,4 +1,4 @@
-"""`captum_iba.app.report.write_report` on hand-made results: what each section says, and the files it writes."""
+"""`captum_iba.app.report.render.write_report` on hand-made results: what each section says, and the files it writes."""
 
 import csv
 import json
@@ -6,11 +6,11 @@ import pathlib
 
 import pytest
 
-from captum_iba.app import report
-from captum_iba.app.claims import fmt
-from captum_iba.app.report import headline_table, markdown_table, write_report
+from captum_iba.app.report import render as report
+from captum_iba.app.report.claims import fmt
+from captum_iba.app.report.render import headline_table, markdown_table, write_report
 from captum_iba.cxr import DETECTORS, FINDINGS
-from captum_iba.methods import METHODS
+from captum_iba.app.methods import METHODS
 from captum_iba.objectives import REGRESSION_LOSSES
 
 

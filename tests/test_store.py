@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_iba.app import store_method
+from captum_iba.app.store import method as store_method
 from captum_iba.app.store import BatchWriter, StoreError, check_out_dir, open_method_store, read_index, read_maps
-from captum_iba.app.distributed import batch_seed, shard
+from captum_iba.app.attribute.distributed import batch_seed, shard
 
 CONFIG = {"method": "iba", "options": {"steps": 10}, "seed": 0}
 

@@ -14,9 +14,9 @@ import zarr
 from _store_worker import CONFIG, keys_of, maps_of
 
 from captum_iba import FeatureStats
-from captum_iba.app import store_files
+from captum_iba.app.store import files as store_files
 from captum_iba.app.store import BatchWriter, StoreError, check_out_dir, open_method_store, read_index, read_maps
-from captum_iba.app.store_verify import add_verify_arguments, run_verify, verify_store
+from captum_iba.app.store.verify import add_verify_arguments, run_verify, verify_store
 
 BATCHES = [(0, 3), (1, 2), (2, 3)]
 

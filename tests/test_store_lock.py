@@ -14,7 +14,7 @@ from _store_worker import CONFIG, keys_of, maps_of
 
 from captum_iba.app.store import (BatchWriter, MethodStore, StoreError, WriterLock, check_writer, open_method_store,
                                   read_maps, writer_lock)
-from captum_iba.app.store_lock import HOST, read_holder
+from captum_iba.app.store.lock import HOST, read_holder
 
 WORKER = str(Path(__file__).with_name("_store_worker.py"))
 

@@ -5,9 +5,9 @@ in one line on standard error (exit status 2, 1 and 130); warnings are one
 line each.
 
 Every choice it offers comes from a registry: methods from
-:data:`captum_iba.methods.METHODS`, datasets from
+:data:`captum_iba.app.methods.METHODS`, datasets from
 :data:`captum_iba.app.sources.DATASETS`, tasks from
-:data:`captum_iba.cxr.checkpoints.TASKS`.
+:data:`captum_iba.cxr.models.checkpoints.TASKS`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import warnings
 from typing import List, Optional
 
 from .._files import NO_SPACE, error_line
-from ..cxr.checkpoints import TASKS
-from ..cxr.training import LOSSES
-from ..methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
+from ..cxr.models.checkpoints import TASKS
+from ..cxr.models.training import LOSSES
+from .methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
 from ..objectives import REGRESSION_LOSSES
 from .commands import run_demo, run_evaluate, run_train
-from .plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_READOUT_IMAGES, DEFAULT_STEPS
+from .attribute.plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_READOUT_IMAGES, DEFAULT_STEPS
 from .sources import DATASETS, HELD_OUT_PHANTOM_SEED
-from .store_verify import add_verify_arguments, run_verify
+from .store.verify import add_verify_arguments, run_verify
 
 def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> None:
     parser.add_argument("--out", default="report", help="report folder (default: report/)")
@@ -78,7 +78,7 @@ VERIFY_DESCRIPTION = ("Check every done array of a store written by `captum-iba 
 
 
 def _run_attribute(args) -> int:
-    from .runner import run
+    from .attribute.runner import run
 
     return run(args)
 

@@ -1,16 +1,16 @@
 """The commands that evaluate and train: ``captum-iba demo``, ``evaluate`` and ``train``.
 
 Each takes the parsed arguments of :mod:`captum_iba.app.cli` and returns an
-exit status; the report itself is :mod:`captum_iba.app.report`'s.
+exit status; the report itself is :mod:`captum_iba.app.report.render`'s.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..cxr.checkpoints import TASKS
-from .evaluation import EvaluationSettings
-from .plan import layer_options, model_options
+from ..cxr.models.checkpoints import TASKS
+from .report.evaluation import EvaluationSettings
+from .attribute.plan import layer_options, model_options
 from .sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, choose_layers, image_size
 
 __all__ = ["run_demo", "run_evaluate", "run_train"]
@@ -31,7 +31,7 @@ def _suite_options(args) -> dict:
 
 
 def _print_summary(results: dict, out: str) -> None:
-    from .report import headline_table
+    from .report.render import headline_table
 
     print(f"\nreport written to {out}/report.md ({results['seconds_total']:.0f} s)")
     if "nih" in results:
@@ -43,8 +43,8 @@ def _print_summary(results: dict, out: str) -> None:
 def run_demo(args) -> int:
     """The paper's evaluation on the embedded phantom and its models."""
     from ..cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
-    from ..cxr.embedded import CUE_FINDING, CUE_MODELS
-    from .report import ReportInputs, run_report
+    from ..cxr.models.embedded import CUE_FINDING, CUE_MODELS
+    from .report.render import ReportInputs, run_report
 
     overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
                                    ("test_images", args.train_images), ("epochs", args.epochs)) if v}
@@ -90,7 +90,7 @@ def _quality(metrics: dict) -> str:
 
 def run_evaluate(args) -> int:
     """The same evaluation on a real dataset folder and a model: a checkpoint, or your own (--model)."""
-    from .report import ReportInputs, run_report
+    from .report.render import ReportInputs, run_report
     from .sources import open_dataset, open_model
 
     if args.checkpoint is None and args.model is None:
@@ -122,7 +122,7 @@ def run_evaluate(args) -> int:
 def run_train(args) -> int:
     """Train a DenseNet on a dataset and write a checkpoint for evaluate/attribute."""
     from ..cxr import densenet121_cxr, fit, evaluate, small_densenet
-    from ..cxr.checkpoints import save_model
+    from ..cxr.models.checkpoints import save_model
     from .sources import open_dataset
 
     target, outputs = TASKS[args.task]

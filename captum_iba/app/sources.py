@@ -18,10 +18,10 @@ from torch.utils.data import Dataset
 
 from .._validate import find_layer
 from ..cxr import BrixIA, NIHChestXray8, PhantomCXR, load_embedded_model
-from ..cxr.checkpoints import TASKS, load_model
-from ..cxr.external import external_model
-from ..cxr.layers import bottleneck_candidates, default_bottleneck
-from ..cxr.phantom import DEFAULT_SIZE
+from ..cxr.models.checkpoints import TASKS, load_model
+from ..cxr.models.external import external_model
+from ..cxr.models.layers import bottleneck_candidates, default_bottleneck
+from ..cxr.phantom.dataset import DEFAULT_SIZE
 
 __all__ = ["DatasetSource", "DATASETS", "ModelSource", "MODEL_SOURCES", "EMBEDDED_FOR_TASK",
            "TASKS", "register_dataset", "open_dataset", "open_model", "image_size", "Layers", "choose_layers"]
@@ -158,6 +158,9 @@ MODEL_SOURCES: Dict[str, ModelSource] = {
     "checkpoint": ModelSource("a file written by `captum-iba train`", _checkpoint),
     "factory": ModelSource("a function of yours, package.module:function, returning an nn.Module", _external),
     "xrv": ModelSource("a torchxrayvision model, xrv:NAME, weights from its local cache", _external),
+    "timm": ModelSource("a timm model, timm:NAME[,key=value,...], built with pretrained=False, "
+                        "weights from --weights", _external),
+    "hf": ModelSource("a HuggingFace image classifier saved in a folder, hf:DIR (nothing downloaded)", _external),
 }
 
 
@@ -170,8 +173,8 @@ def open_model(task: str, checkpoint=None, *, model: Optional[str] = None, **opt
     checkpoint : path, optional
         A file written by ``captum-iba train``; its task must be ``task``.
     model : str, optional
-        ``"package.module:function"`` or ``"xrv:NAME"`` (see
-        :func:`captum_iba.cxr.external.external_model`); ``task`` must be ``"nih"``.
+        ``"package.module:function"``, ``"xrv:NAME"``, ``"timm:NAME"`` or ``"hf:DIR"`` (see
+        :func:`captum_iba.cxr.models.external.external_model`); ``task`` must be ``"nih"``.
     **options
         For ``model``: ``weights``, ``outputs``, ``input_format``,
         ``random_weights``; for the embedded model: recipe overrides (see
@@ -188,7 +191,8 @@ def open_model(task: str, checkpoint=None, *, model: Optional[str] = None, **opt
     if checkpoint is not None and model is not None:
         raise ValueError("--checkpoint and --model name two models: pass one")
     if model is not None:
-        source = "xrv" if model.startswith("xrv:") else "factory"
+        prefix = model.partition(":")[0]
+        source = prefix if prefix in ("xrv", "timm", "hf") else "factory"
         return MODEL_SOURCES[source].open(task, model, **options)
     if checkpoint is None:
         return MODEL_SOURCES["embedded"].open(task, **options)
@@ -217,7 +221,7 @@ class Layers:
     grid: Tuple[int, int]
 
     def suite_options(self) -> dict:
-        """The :class:`~captum_iba.methods.MethodSuite` arguments for these layers."""
+        """The :class:`~captum_iba.app.methods.MethodSuite` arguments for these layers."""
         return {"layer": self.bottleneck, "multilayer_layers": self.multilayer, "cam_layer": self.cam}
 
 
@@ -227,7 +231,7 @@ def choose_layers(model: nn.Module, input_size: int, layer: Optional[str] = None
 
     The bottleneck is ``layer``, else the DenseNet dense block or ResNet stage
     whose map grid is closest to the paper's 14 cells per side
-    (:func:`captum_iba.cxr.layers.default_bottleneck`: dense block 3 at 224 px,
+    (:func:`captum_iba.cxr.models.layers.default_bottleneck`: dense block 3 at 224 px,
     dense block 2 at 96 px). Multi-layer IBA takes ``multilayer``, else the
     stages from the finest up to the bottleneck. Grad-CAM takes
     ``features.norm5`` where the model has it (DenseNets), else the last stage.

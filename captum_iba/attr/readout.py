@@ -18,7 +18,6 @@ The network, and how the target enters it: :class:`~captum_iba.attr._readout_net
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import warnings

@@ -7,18 +7,18 @@ torchxrayvision's local cache (:func:`external_model`), and the embedded models 
 phantom on first use and cached (see :func:`load_embedded_model`).
 """
 
-from ._files import MissingImagesWarning
-from .brixia import BrixIA
-from .adapters import InputFormat, parse_input_format, parse_outputs
-from .embedded import EMBEDDED_MODELS, embedded_model_path, load_embedded_model
-from .external import ExternalModel, external_model, load_weights, model_from_factory, wrap_model
-from .layers import bottleneck_candidates, default_bottleneck, find_layer
-from .models import densenet121_cxr, small_densenet
-from .nih import NIHChestXray8
-from .phantom import DEFAULT_PREVALENCE, DEFAULT_SIZE, PhantomCXR
+from .datasets.folders import MissingImagesWarning
+from .datasets.brixia import BrixIA
+from .models.adapters import InputFormat, parse_input_format, parse_outputs
+from .models.embedded import EMBEDDED_MODELS, embedded_model_path, load_embedded_model
+from .models.external import ExternalModel, external_model, load_weights, model_from_factory, wrap_model
+from .models.layers import bottleneck_candidates, default_bottleneck
+from .models.densenets import densenet121_cxr, small_densenet
+from .datasets.nih import NIHChestXray8
+from .phantom.dataset import DEFAULT_PREVALENCE, DEFAULT_SIZE, PhantomCXR
 from .schema import DETECTORS, FINDINGS, IMAGE_MEAN, IMAGE_STD, ZONES, collate, to_grey, to_model_input
-from .training import LOSSES, evaluate, fit, positive_weights
-from .xrv import xrv_model, xrv_weights_path
+from .models.training import LOSSES, evaluate, fit, positive_weights
+from .models.xrv import xrv_model, xrv_weights_path
 
 __all__ = [
     "PhantomCXR",
@@ -54,7 +54,6 @@ __all__ = [
     "InputFormat",
     "parse_input_format",
     "parse_outputs",
-    "find_layer",
     "bottleneck_candidates",
     "default_bottleneck",
 ]

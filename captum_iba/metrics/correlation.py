@@ -1,7 +1,6 @@
 """Correlation of attribution maps with reference maps (the paper's PCC)."""
 
-from ..maps import resize_map
-from . import _inputs
+from ..maps import as_map_batch, resize_map
 from ._core import pearson
 
 __all__ = ["map_correlation"]
@@ -32,7 +31,7 @@ def map_correlation(attributions, reference_maps):
         >>> severity = torch.stack([item["severity_map"] for item in items])
         >>> map_correlation(maps, severity)                # (N,)
     """
-    references = _inputs.map_batch(reference_maps, "reference_maps", None)
-    maps = _inputs.map_batch(attributions, "attributions", references.shape[0])
+    references = as_map_batch(reference_maps, None, "reference_maps")
+    maps = as_map_batch(attributions, references.shape[0], "attributions")
     maps = resize_map(maps, tuple(references.shape[-2:])).to(references.device)
     return pearson(maps.flatten(1), references.flatten(1))

@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..maps import as_map_batch, binarize, parse_threshold, rank_pixels, resize_map
-from . import _inputs
+from .. import _validate
+from ..maps import as_map_batch, binarize, parse_threshold, rank_pixels, resize_map, size_pair
+from . import _core
 
 __all__ = ["LocalizationIoUResult", "PointingGameResult", "localization_iou", "pointing_game"]
 
@@ -47,9 +48,9 @@ def _maps_and_ground_truth(attributions, masks_or_boxes, size):
     maps = as_map_batch(attributions)
     if isinstance(masks_or_boxes, torch.Tensor) and size is not None:
         raise ValueError("size is only for boxes; masks carry their own size")
-    box_size = maps.shape[-2:] if size is None else _inputs.check_size(size)
-    ground_truth = _inputs.ground_truth_masks(masks_or_boxes, box_size)
-    _inputs.check_same_batch(maps, ground_truth, "masks_or_boxes")
+    box_size = maps.shape[-2:] if size is None else size_pair(size)
+    ground_truth = _core.ground_truth_masks(masks_or_boxes, box_size, size_from_maps=size is None)
+    _validate.check_same_batch(maps, ground_truth, "masks_or_boxes")
     maps = resize_map(maps, tuple(ground_truth.shape[-2:]))[:, 0].cpu()
     return maps, ground_truth
 
@@ -120,7 +121,7 @@ def localization_iou(
     """
     parse_threshold(threshold)  # a bad spec fails before any work
     maps, ground_truth = _maps_and_ground_truth(attributions, masks_or_boxes, size)
-    labels, num_classes = _inputs.check_labels(labels, len(maps), num_classes)
+    labels, num_classes = _validate.check_labels(labels, len(maps), num_classes)
     predicted = binarize(maps, threshold)[:, 0]
     intersection = (predicted & ground_truth).sum(dim=(1, 2)).double()
     union = (predicted | ground_truth).sum(dim=(1, 2)).double()
@@ -182,7 +183,7 @@ def pointing_game(
     ):
         raise ValueError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
     maps, ground_truth = _maps_and_ground_truth(attributions, masks_or_boxes, size)
-    labels, num_classes = _inputs.check_labels(labels, len(maps), num_classes)
+    labels, num_classes = _validate.check_labels(labels, len(maps), num_classes)
     height, width = ground_truth.shape[-2:]
     point = rank_pixels(maps)[:, 0]
     point_row, point_column = point // width, point % width

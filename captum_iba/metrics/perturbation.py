@@ -9,8 +9,9 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _validate
 from ..maps import rank_pixels
-from . import _inputs
+from . import _core
 from ._core import baseline_images, pearson, score_perturbations
 
 __all__ = ["InsertionDeletionResult", "insertion_deletion", "sensitivity_n"]
@@ -128,16 +129,16 @@ def insertion_deletion(
         >>> result.insertion_auc.shape, result.deletion_curve.shape
         (torch.Size([2]), torch.Size([2, 101]))
     """
-    inputs = _inputs.check_inputs(inputs)
-    maps = _inputs.input_maps(attributions, inputs)
-    n_steps = _inputs.check_positive_int(n_steps, "n_steps")
-    fraction = _inputs.check_fraction(fraction, "fraction")
-    baseline = _inputs.check_baseline(baseline, inputs)
-    transform = _inputs.check_output_transform(output_transform)
+    inputs = _validate.check_images(inputs)
+    maps = _core.input_maps(attributions, inputs)
+    n_steps = _validate.check_positive_int(n_steps, "n_steps")
+    fraction = _validate.check_fraction(fraction, "fraction")
+    baseline = _validate.check_baseline(baseline, inputs)
+    transform = _validate.check_output_transform(output_transform)
     n, _, height, width = inputs.shape
-    target = _inputs.check_target(target, n)
-    extra_args = _inputs.check_additional_forward_args(additional_forward_args, n)
-    max_examples = _inputs.check_max_examples(max_examples_per_batch)
+    target = _validate.format_target(target, n)
+    extra_args = _validate.format_additional_args(additional_forward_args, n)
+    max_examples = _validate.check_max_examples(max_examples_per_batch)
 
     n_pixels = height * width
     steps = torch.arange(n_steps + 1, dtype=torch.float64)
@@ -284,18 +285,18 @@ def sensitivity_n(
         >>> sensitivity_n(net, images, maps, n=[16, 256, 1024]).shape
         torch.Size([4, 3])
     """
-    inputs = _inputs.check_inputs(inputs)
-    maps = _inputs.input_maps(attributions, inputs)
+    inputs = _validate.check_images(inputs)
+    maps = _core.input_maps(attributions, inputs)
     n_inputs, _, height, width = inputs.shape
     n_pixels = height * width
     counts = _check_pixel_counts(n, n_pixels)
-    num_masks = _inputs.check_positive_int(num_masks, "num_masks", minimum=2)
-    seed = _inputs.check_positive_int(seed, "seed", minimum=0)
-    baseline = _inputs.check_baseline(baseline, inputs)
-    transform = _inputs.check_output_transform(output_transform)
-    target = _inputs.check_target(target, n_inputs)
-    extra_args = _inputs.check_additional_forward_args(additional_forward_args, n_inputs)
-    max_examples = _inputs.check_max_examples(max_examples_per_batch)
+    num_masks = _validate.check_positive_int(num_masks, "num_masks", minimum=2)
+    seed = _validate.check_positive_int(seed, "seed", minimum=0)
+    baseline = _validate.check_baseline(baseline, inputs)
+    transform = _validate.check_output_transform(output_transform)
+    target = _validate.format_target(target, n_inputs)
+    extra_args = _validate.format_additional_args(additional_forward_args, n_inputs)
+    max_examples = _validate.check_max_examples(max_examples_per_batch)
 
     generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(len(counts) * num_masks, n_pixels, dtype=torch.bool)

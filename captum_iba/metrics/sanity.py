@@ -9,9 +9,10 @@ from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
-from .._validate import find_layer
+from .. import _validate
 from .._engine import owning_module
-from . import _inputs
+from .._validate import find_layer
+from ..maps import as_map_batch
 from ._core import pearson
 
 __all__ = ["RandomizationCheckResult", "randomization_check"]
@@ -129,7 +130,7 @@ def _required_positional(function) -> int:
 
 def _compute_maps(attribution_fn, model, inputs, target, n):
     attributions = attribution_fn(model, inputs, target)
-    return _inputs.map_batch(attributions, "attribution_fn's result", n)[:, 0].cpu().double()
+    return as_map_batch(attributions, n, "attribution_fn's result")[:, 0].cpu().double()
 
 
 def _spearman(original, randomised):
@@ -239,7 +240,7 @@ def randomization_check(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     attribution_fn = _as_attribution_fn(attribution_fn)
-    seed = _inputs.check_positive_int(seed, "seed", minimum=0)
+    seed = _validate.check_positive_int(seed, "seed", minimum=0)
     names = _layer_names(model, layers)
     first_input = inputs[0] if isinstance(inputs, tuple) else inputs
     n = len(first_input)

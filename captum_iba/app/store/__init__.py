@@ -1,0 +1,49 @@
+"""The output store of ``captum-iba attribute``, and :func:`read_maps` to read it.
+
+One store is a folder that every process of a run writes its own part of::
+
+    OUT/
+      captum-iba-attribute.json     marker: format tag (the folder is ours)
+      <method>.lock                 the writer lock of <method> while a run writes it
+      <method>/                     one folder per method key ("iba", "regression-deviation", ...)
+        config.json                 the configuration the maps were computed with, and its hash
+        stats/<layer>.pt            the feature statistics they were computed with (IBA family)
+        maps.zarr/                  a Zarr group; one array per computed batch,
+          b000012-<run>/            (maps, 1, h, w), one chunk: written once, never changed
+        index/<run>-rank000.jsonl   append-only index: one line per map and status
+        runs.jsonl                  one line per finished run (processes, maps, seconds)
+
+What is guaranteed:
+
+* **One writer.** A run holds ``OUT/<method>.lock`` (:func:`writer_lock`,
+  :mod:`~captum_iba.app.store.lock`) from before it writes anything in
+  ``OUT/<method>`` until it ends; another run is refused with the holder's host,
+  PID and start time. :func:`open_method_store` takes the lock for itself when
+  not given the run's, so ``--overwrite`` never replaces a folder a run writes.
+* **Write, then mark.** A batch's maps are written to a fresh array and made
+  durable (fsync) before their ``done`` lines -- with the array's checksum
+  record (:func:`~captum_iba.app.store.files.array_record`: every file's size,
+  one SHA-256 over their bytes) -- are appended to the index in one write,
+  itself fsynced. A batch counts as done only when all of its ``done`` lines
+  are present, so a process killed at any moment, or a full disk, leaves
+  nothing half-written counted as done; arrays no done batch refers to are
+  swept by the next run. A batch written again (its array was missing or
+  damaged) supersedes the earlier one.
+* **Checked on reading.** :func:`read_maps` checks each array against its
+  record before using it, and :meth:`MethodStore.done_batches` leaves out a
+  batch whose array is missing or damaged, so a rerun computes it again;
+  :func:`~captum_iba.app.store.verify.verify_store` checks a whole store.
+  Stores written before checksums have no record: their arrays are checked
+  for presence (metadata and every chunk) only.
+"""
+
+from .files import FORMAT, MARKER, MapKey, StoreError
+from .folder import check_out_dir, check_writer, open_method_store, writer_lock
+from .lock import WriterLock
+from .method import BatchWriter, MethodStore
+from .read import Maps, read_index, read_maps
+from .verify import verify_store
+
+__all__ = ["FORMAT", "MARKER", "MapKey", "StoreError", "MethodStore", "BatchWriter", "Maps", "WriterLock",
+           "check_out_dir", "writer_lock", "check_writer", "open_method_store", "read_index", "read_maps",
+           "verify_store"]
