@@ -198,8 +198,16 @@ def find_layout(model: Optional[nn.Module], features: Tensor,
 
 
 def _model_attribute(model: Optional[nn.Module], name: str):
-    """``name`` of the first module (the model, or one it wraps) that has it, or None."""
-    for module in () if model is None else model.modules():
+    """``name`` of the first module (the model, or one it wraps) that has it, or None.
+
+    A wrapper that shares its model's children (the application's
+    ``ExternalModel``, ``HFLogits``) keeps the model itself as ``wrapped``.
+    """
+    wrapped = []
+    while isinstance(model, nn.Module) and model not in wrapped:
+        wrapped.append(model)
+        model = getattr(model, "wrapped", None)
+    for module in (m for top in wrapped for m in top.modules()):
         value = getattr(module, name, None)
         if value is not None and not isinstance(value, (nn.Module, Tensor)):
             return value

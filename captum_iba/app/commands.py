@@ -43,13 +43,13 @@ def _print_summary(results: dict, out: str) -> None:
 def run_demo(args) -> int:
     """The paper's evaluation on the embedded phantom and its models."""
     from ..cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
-    from ..cxr.models.embedded import CUE_FINDING, CUE_MODELS
+    from ..cxr.models.embedded import CUE_FINDING, CUE_MODELS, VIT_MODELS
     from .report.render import ReportInputs, run_report
 
     overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
                                    ("test_images", args.train_images), ("epochs", args.epochs)) if v}
     models = {}
-    for name in (*EMBEDDED_MODELS, *(CUE_MODELS if args.cue else ())):
+    for name in (*EMBEDDED_MODELS, *(CUE_MODELS if args.cue else ()), *(VIT_MODELS if _has_timm() else ())):
         models[name] = load_embedded_model(name, progress=not args.quiet, **overrides)
         print(f"model {name}: {_quality(models[name].metrics)}")
     size = models["nih_bce"].input_size
@@ -80,6 +80,16 @@ def run_demo(args) -> int:
     results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
     _print_summary(results, args.out)
     return 0
+
+
+def _has_timm() -> bool:
+    """The embedded ViTs are timm models: without the extra the demo says so and runs the rest."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        print("the ViT study is left out: it needs timm (pip install 'captum-iba[timm]')")
+        return False
+    return True
 
 
 def _quality(metrics: dict) -> str:

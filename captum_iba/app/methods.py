@@ -212,7 +212,8 @@ for _name, _method in {
     "torchray_gradcam": Method("Grad-CAM (TorchRay)", "torchray", _BOTH, _torchray_gradcam),
     "excitation_backprop": Method("Excitation Backprop (TorchRay)", "torchray", _BOTH, _excitation_backprop),
     "extremal_perturbation": Method("Extremal Perturbation (TorchRay)", "torchray", _BOTH, _extremal_perturbation),
-    **{key: Method(label, "grad-cam", _BOTH, pytorch_grad_cam(class_name))
+    # --layer chooses the Grad-CAM layer only where the model has no stages to take it from (a ViT).
+    **{key: Method(label, "grad-cam", _BOTH, pytorch_grad_cam(class_name), options=("layer",))
        for key, (class_name, label) in GRAD_CAM_METHODS.items()},
 }.items():
     register_method(_name, _method)

@@ -133,6 +133,39 @@ def _table1(results: dict):
     return lines, [("table1_nih.csv", rows, columns)]
 
 
+def _vit(results: dict):
+    """Table 1 and the severity PCC of the embedded ViT, beside the DenseNet's, with its layer, layout and grid."""
+    if "vit" not in results:
+        return [], []
+    vit, dense = results["vit"], results.get("nih", {}).get("scores", {})
+    rows = {METHODS[k].label: {**v, "densenet_iou": dense.get(k, {}).get("iou")} for k, v in vit["scores"].items()}
+    columns = ["iou", "densenet_iou", "pointing", "insertion_auc", "deletion_auc"]
+    layers, quality = vit["layers"], vit.get("quality", {})
+    lines = [f"## The Vision Transformer: Table 1 ({vit['pairs']} pairs, {vit['images']} images)", "",
+             f"The embedded ViT (timm VisionTransformer on a convolutional stem, 4 blocks, width 64; mean AUC "
+             f"{quality.get('mean_auc', float('nan')):.3f} on held-out phantom images). Layer of IBA, Inverse IBA "
+             f"and Regression IBA: `{layers['layer']}`, {layers['layout']}; every token is restricted, the patch "
+             f"tokens are the map. Multi-layer IBA: {', '.join(f'`{n}`' for n in layers['multilayer_layers'])} "
+             f"(blocks on one grid: the intersection of their thresholded maps); pytorch-grad-cam: "
+             f"`{layers['cam_layer']}` through the same layout. densenet_iou: the DenseNet's IoU above.", "",
+             markdown_table(rows, columns), ""]
+    if vit.get("failed"):
+        lines += ["Failed on the ViT: " + "; ".join(f"{METHODS[k].label}: {e}" for k, e in vit["failed"].items()), ""]
+    lines += ["Left out on the ViT: " + "; ".join(f"{METHODS[k].label}: {why}" for k, why in vit["left_out"].items()),
+              ""]
+    tables = [("table1_vit.csv", rows, columns)]
+    if "severity" in vit:
+        severity = vit["severity"]
+        dense_pcc = results.get("regression", {}).get("scores", {})
+        pcc_rows = {method_label(k): {"pcc": v, "densenet_pcc": dense_pcc.get(
+            "regression_deviation" if k == "regression" else k, {}).get("pcc")} for k, v in severity["pcc"].items()}
+        lines += [f"### Severity-map correlation, ViT regressor ({severity['images']} images)", "",
+                  markdown_table(pcc_rows, ["pcc", "densenet_pcc"]), "",
+                  "Regression IBA with the deviation loss; densenet_pcc: the DenseNet regressor's PCC above.", ""]
+        tables.append(("severity_pcc_vit.csv", pcc_rows, ["pcc", "densenet_pcc"]))
+    return lines, tables
+
+
 def _where(results: dict) -> str:
     """One line: where the IBA family's bottleneck is, and its grid."""
     layers = results.get("layers")
@@ -329,7 +362,7 @@ def _notes(results: dict):
             *where, ""], []
 
 
-SECTIONS = (_head, _headline, _table1, _table2, _table3, _regression, _sweep, _cue, _failures, _claims, _timings, _figures,
+SECTIONS = (_head, _headline, _table1, _table2, _table3, _regression, _vit, _sweep, _cue, _failures, _claims, _timings, _figures,
             _notes)
 
 

@@ -61,6 +61,7 @@ def run_studies(inputs: ReportInputs, settings: EvaluationSettings, progress: bo
     """
     from .cue import CUE_MODELS_NEEDED, cue_study
     from .sweep import sweep_study
+    from .vit import vit_study
 
     results: dict = {"study_seconds": {}}
     figures: Dict[str, Figure] = {}
@@ -68,6 +69,7 @@ def run_studies(inputs: ReportInputs, settings: EvaluationSettings, progress: bo
     for study, data, needed in ((nih_study, inputs.nih, ("nih_bce",)),
                                 (detector_study, inputs.brixia, ("brixia_detectors",)),
                                 (regression_study, inputs.brixia, ("brixia_regression",)),
+                                (vit_study, inputs.nih, ("nih_vit",)),
                                 (sweep_study, inputs.nih if inputs.sweep_images else None, ("nih_bce",)),
                                 (cue_study, inputs.cue, CUE_MODELS_NEEDED)):
         if data is not None and all(name in inputs.models for name in needed):

@@ -27,6 +27,11 @@ name                      training data                                         
 ``nih_cue_clean``         the same images with no marker                              BCE
 ``nih_cue_weighted_bce``  as ``nih_cue``                                              weighted BCE
 ========================  ==========================================================  ============
+
+Two Vision Transformers (:func:`~captum_iba.cxr.models.vit.small_vit`, timm
+needed), trained the same way, are the token-layout models of the ViT study
+(:data:`VIT_MODELS`): ``nih_vit`` (8 findings, BCE) and
+``brixia_regression_vit`` (severity score, MSE).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from ..schema import collate, to_grey, to_model_input
 from .training import evaluate, fit
 from .vit import small_vit
 
-__all__ = ["EMBEDDED_MODELS", "CUE_MODELS", "CUE_FINDING", "embedded_model_path", "load_embedded_model"]
+__all__ = ["EMBEDDED_MODELS", "CUE_MODELS", "VIT_MODELS", "CUE_FINDING", "embedded_model_path", "load_embedded_model"]
 
 #: The finding the cue models' marker goes with: the phantom's hardest (a subtle
 #: enlargement of the heart), so that the marker is the easier route to the label.
@@ -112,6 +117,14 @@ _RECIPES.update(
 )
 #: The models of the cue study (:mod:`captum_iba.cxr.phantom.cue`); also accepted by :func:`load_embedded_model`.
 CUE_MODELS = tuple(name for name in _RECIPES if name not in EMBEDDED_MODELS)
+
+# The ViTs (timm, an extra): a 12 x 12 patch grid at 96 px, near the paper's 14 x 14.
+_VIT_RECIPE = _Recipe(task="nih", loss="bce", target="labels", outputs=8, family="vit",
+                      architecture=(("dim", 64), ("depth", 4), ("heads", 4)), lr=3e-3)
+_RECIPES.update({"nih_vit": _VIT_RECIPE,
+                 "brixia_regression_vit": replace(_VIT_RECIPE, task="brixia", loss="mse", target="score", outputs=1)})
+#: The embedded Vision Transformers (need ``timm``); also accepted by :func:`load_embedded_model`.
+VIT_MODELS = ("nih_vit", "brixia_regression_vit")
 
 
 class _RenderedPhantom(Dataset):
@@ -178,7 +191,7 @@ _RECIPE_OVERRIDES = ("size", "train_images", "test_images", "epochs")
 
 def _recipe(name: str, overrides: Dict[str, int]) -> _Recipe:
     if name not in _RECIPES:
-        raise ValueError(f"name: expected one of {EMBEDDED_MODELS + CUE_MODELS}, got {name!r}")
+        raise ValueError(f"name: expected one of {EMBEDDED_MODELS + CUE_MODELS + VIT_MODELS}, got {name!r}")
     unknown = set(overrides) - set(_RECIPE_OVERRIDES)
     if unknown:
         raise TypeError(f"unexpected recipe overrides {sorted(unknown)}; accepted: {_RECIPE_OVERRIDES}")
@@ -212,7 +225,8 @@ def load_embedded_model(name: str, *, progress: bool = True, **overrides: int) -
     ----------
     name : str
         One of :data:`EMBEDDED_MODELS` (``"nih_bce"``, ``"nih_weighted_bce"``,
-        ``"brixia_regression"``, ``"brixia_detectors"``) or :data:`CUE_MODELS`.
+        ``"brixia_regression"``, ``"brixia_detectors"``), :data:`CUE_MODELS`
+        or :data:`VIT_MODELS`.
     progress : bool
         Show progress bars while training.
     **overrides : int
@@ -223,7 +237,8 @@ def load_embedded_model(name: str, *, progress: bool = True, **overrides: int) -
     Returns
     -------
     nn.Module
-        A :func:`~captum_iba.cxr.small_densenet` in eval mode, with
+        A :func:`~captum_iba.cxr.small_densenet` (or, for :data:`VIT_MODELS`,
+        a :func:`~captum_iba.cxr.models.vit.small_vit`) in eval mode, with
         ``input_size`` (the image side it was trained at, the phantom's
         default) and ``metrics`` (its :func:`~captum_iba.cxr.evaluate` result
         on held-out phantom images).

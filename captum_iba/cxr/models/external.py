@@ -156,12 +156,19 @@ def model_from_factory(spec: str, weights: Optional[Union[str, os.PathLike]] = N
     module_name, _, attribute = str(spec).partition(":")
     if not module_name or not attribute:
         raise ValueError(f"model: expected 'package.module:function', got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: the user's own package in the current folder
+    # As `python -m` does: the user's package in the current folder imports without PYTHONPATH=.
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, here)
     try:
         factory = importlib.import_module(module_name)
     except Exception as error:
-        raise ValueError(f"model {spec!r}: cannot import {module_name!r}: {_first_line(error)}") from None
+        raise ValueError(f"model {spec!r}: cannot import {module_name!r} (looked in {here} and on sys.path): "
+                         f"{_first_line(error)}") from None
+    finally:
+        if added:
+            sys.path.remove(here)
     for part in attribute.split("."):
         if not hasattr(factory, part):
             raise ValueError(f"model {spec!r}: {module_name!r} has no attribute {attribute!r}")
