@@ -60,17 +60,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ENVIRONMENT = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
+from speed import pick_device  # noqa: E402  (beside this file: one device rule for both benchmarks)
+
 QUICK_OVERRIDES = "size=32,train_images=64,test_images=32,epochs=1"
-
-
-def pick_device(name=None) -> torch.device:
-    """``name`` if given (``cuda`` without a GPU is an error), else cuda when present."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    return device
 
 
 # --------------------------------------------------------------------------- batch sizes

@@ -12,6 +12,7 @@ from captum_iba.cxr import FINDINGS, small_densenet
 from captum_iba.cxr.models.checkpoints import save_model
 from captum_iba.app.report.paper import CLAIMS
 from captum_iba.app.methods import METHODS
+from captum_iba.app.report.vit import VIT_METHODS
 
 TINY = ["--size", "32", "--train-images", "64", "--epochs", "1", "--images", "4", "--auc-images", "16",
         "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4", "--extremal-iterations", "2",
@@ -45,7 +46,7 @@ def test_every_table_and_figure_with_finite_numbers_for_every_method(demo_runs):
     for name in TABLES:
         assert len((out / name).read_text().splitlines()) >= 3, name
     results = json.loads((out / "results.json").read_text())
-    classification = [k for k, v in METHODS.items() if "classification" in v.tasks]
+    classification = [k for k, v in METHODS.items() if "classification" in v.tasks and v.in_report]
     nih = results["nih"]["scores"]
     assert sorted(nih) == sorted(classification)  # TorchRay's methods included
     for method, scores in nih.items():
@@ -70,8 +71,14 @@ def test_every_table_and_figure_with_finite_numbers_for_every_method(demo_runs):
     assert set(cue["methods"]) == {"iba", "inverse", "saliency", "integrated_gradients"}
     assert results["layers"]["bottleneck"] in sweep["stages"]  # chosen by the map's resolution
     assert {c["verdict"] for c in results["claims"]} <= {"held", "did not hold", "not measurable here"}
+    vit = results["vit"]  # the ViT study: every method of it has finite scores on the patch grid
+    assert sorted(vit["scores"]) == sorted(VIT_METHODS) and vit["layers"]["layer"] == "blocks.2"
+    assert all(_finite(v["iou"]) for v in vit["scores"].values())
+    assert vit["layers"]["layout"].startswith("tokens (N, 17, 64): 1 class token, then a 4x4 patch grid")
+    assert _finite(vit["severity"]["pcc"]["regression"]) and "random" in vit["severity"]["pcc"]
     report = (out / "report.md").read_text()
     for heading in ("Table 1", "Table 2", "Table 3", "Severity-map correlation", "Sensitivity-N",
+                    "The Vision Transformer", "Severity-map correlation, ViT regressor",
                     "claims", "Seconds per map", "Figures"):
         assert heading in report, heading
     for name in FIGURES:

@@ -19,7 +19,7 @@ from captum_iba.app.methods import METHODS
 
 QUICK = ["--images", "1", "--steps", "2", "--noise-draws", "2", "--batch-size", "4", "--insertion-steps", "4",
          "--sensitivity-masks", "2", "--extremal-iterations", "2", "--quiet"]
-CLASSIFICATION = [name for name, method in METHODS.items() if "classification" in method.tasks]
+CLASSIFICATION = [name for name, method in METHODS.items() if "classification" in method.tasks and method.in_report]
 
 
 @pytest.fixture(scope="module")

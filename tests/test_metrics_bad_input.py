@@ -79,8 +79,8 @@ def test_nan_in_attributions(metric):
         ({"target": [0, 1, 0]}, ValueError, "a list target must hold one entry per sample"),
         ({"target": 0.5}, TypeError, "target must be"),
         ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch: expected an int >= 1, got 0"),
-        ({"inputs": INPUTS[0]}, ValueError, r"inputs must have shape \(N, C, H, W\)"),
-        ({"inputs": (INPUTS,)}, TypeError, "inputs must be a torch.Tensor"),
+        ({"inputs": INPUTS[0]}, ValueError, r"inputs: expected shape \(N, C, H, W\)"),
+        ({"inputs": (INPUTS,)}, TypeError, "inputs: expected a torch.Tensor"),
         ({"additional_forward_args": (torch.zeros(3),)}, ValueError, r"forward_args\[0\]"),
     ],
 )
@@ -104,7 +104,7 @@ def test_n_steps_below_one(n_steps, error):
 
 @pytest.mark.parametrize("fraction", [0.0, 1.5, -0.2])
 def test_fraction_outside_the_unit_interval(fraction):
-    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"fraction: expected a number in \(0, 1\]"):
         PERTURBATION_METRICS["insertion_deletion"](fraction=fraction)
 
 

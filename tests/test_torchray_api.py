@@ -53,7 +53,7 @@ def test_statistics_are_estimated_once_per_model_and_layer(model):
     assert after_first == 2 + 2 + 1  # two estimation batches, the split's one check (model, prefix), one prefix run
     tr.iba(model, x, 0, "features.denseblock2", data=_data(), n_samples=16, steps=1, loss="ce")
     tr.inverse_iba(model, x, 0, model.features.denseblock2, steps=1, loss="ce")  # same layer: cached stats
-    assert calls["n"] == after_first + 2  # prefix runs only
+    assert calls["n"] == after_first + 1 + 2 + 1  # a prefix run; the new InverseIBA: its split check, a prefix run
     with pytest.raises(ValueError, match="pass stats= .* or data="):
         tr.iba(model, x, 0, "features.denseblock1", loss="ce")
 

@@ -102,6 +102,11 @@ class Method:
         state from ``suite.train(name)``. The state has ``save(path)``; a suite
         without training data or a given state (``trained=``) leaves the method
         out of :attr:`MethodSuite.names`.
+    in_report : bool
+        Whether the report's studies run it (False for a method whose cost
+        grows with the layer's channels, such as Score-CAM's one forward pass
+        per channel: 2048 per map on ResNet-50); ``attribute`` and the suite
+        run it either way.
     load : callable, optional
         With ``train``: ``load(suite, path) -> state``, the state ``save`` wrote
         (the attribute runner keeps it in its store, and trains once per store).
@@ -117,6 +122,7 @@ class Method:
     defaults: dict = field(default_factory=dict)
     train: Optional[Callable[["MethodSuite"], Any]] = None
     load: Optional[Callable[["MethodSuite", Union[str, os.PathLike]], Any]] = None
+    in_report: bool = True
 
 
 METHODS: Dict[str, Method] = {}
@@ -213,7 +219,8 @@ for _name, _method in {
     "excitation_backprop": Method("Excitation Backprop (TorchRay)", "torchray", _BOTH, _excitation_backprop),
     "extremal_perturbation": Method("Extremal Perturbation (TorchRay)", "torchray", _BOTH, _extremal_perturbation),
     # --layer chooses the Grad-CAM layer only where the model has no stages to take it from (a ViT).
-    **{key: Method(label, "grad-cam", _BOTH, pytorch_grad_cam(class_name), options=("layer",))
+    **{key: Method(label, "grad-cam", _BOTH, pytorch_grad_cam(class_name), options=("layer",),
+                   in_report=key != "pgc_scorecam")
        for key, (class_name, label) in GRAD_CAM_METHODS.items()},
 }.items():
     register_method(_name, _method)

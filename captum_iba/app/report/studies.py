@@ -80,6 +80,11 @@ def run_studies(inputs: ReportInputs, settings: EvaluationSettings, progress: bo
     return results, figures
 
 
+def reported(suite: MethodSuite) -> list:
+    """The suite's methods that the report runs (see ``Method.in_report``)."""
+    return [name for name in suite.names if METHODS[name].in_report]
+
+
 def nih_study(inputs, results, figures, settings, progress, log) -> None:
     """Table 1, Fig. 1, Fig. 2 and Table 3 on the NIH-style items (see the module notes)."""
     model = inputs.models["nih_bce"]
@@ -91,7 +96,7 @@ def nih_study(inputs, results, figures, settings, progress, log) -> None:
     suite, training = trained_suite(model, inputs.nih_estimation, "labels", inputs, progress, log,
                                     unused=[FINDINGS.index(name) for name in missing])
     failed: Dict[str, str] = {}
-    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
+    maps = attribute_all(suite, reported(suite), pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress)
     results["layers"] = {"bottleneck": suite.layer, "multilayer": list(suite.multilayer_layers),
                          "cam": suite.cam_layer, "grid": list(suite.stats[suite.layer].mean.shape[-2:]),
@@ -230,7 +235,7 @@ def detector_study(inputs, results, figures, settings, progress, log) -> None:
     log(f"BrixIA-like detector study: {len(pairs)} (image, detector) pairs")
     suite, training = trained_suite(model, inputs.brixia_estimation, "detectors", inputs, progress, log)
     failed: Dict[str, str] = {}
-    maps = attribute_all(suite, suite.names, pairs.images, pairs.targets, settings, progress, failures=failed)
+    maps = attribute_all(suite, reported(suite), pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress, perturbation=False)
     results["detectors"] = {"pairs": len(pairs), "scores": scores, "failed": failed, "training": training}
 
@@ -249,7 +254,7 @@ def regression_study(inputs, results, figures, settings, progress, log) -> None:
             suite, ["regression"], images, None, settings, progress,
             target_values=scores_true if loss == "mse" else None, loss=loss,
         ))
-    baselines = [name for name in suite.names if name != "regression"]
+    baselines = [name for name in reported(suite) if name != "regression"]
     failed: Dict[str, str] = {}
     maps.update(attribute_all(suite, baselines, images, None, settings, progress, failures=failed))
     maps["random"] = MethodMaps(random_maps(maps["regression_deviation"].maps, settings.seed), 0.0)
