@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -129,16 +130,27 @@ def disk_space(path, need: Optional[int] = None, advice: str = "",
         raise (error_type(message) if error_type else NoSpaceError(message, error.errno, path)) from error
 
 
-def error_line(error: BaseException) -> str:
-    """An error as one line for a command's standard error.
+# How torch's DataLoader re-raises an error of a worker process: its traceback in the message.
+_WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader (worker process \d+)\.\s*\nOriginal Traceback")
+_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][\w.]*: ")  # "package.module.SomeError: " before the message
+
+
+def error_line(error) -> str:
+    """An error (or a message) as one line for a command's standard error.
 
     A full disk the raiser did not describe reads as :func:`no_space_message`
-    of the file named in the error; any message is joined onto one line.
+    of the file named in the error; an error of a data-loading worker, which
+    torch re-raises with the worker's traceback, reads as the worker's own
+    message; any message is joined onto one line.
     """
     if isinstance(error, OSError) and error.errno in NO_SPACE and not isinstance(error, NoSpaceError):
         text = no_space_message(error.filename or "a file", error)
     else:
         text = str(error) or type(error).__name__
+    worker = _WORKER_ERROR.match(text)
+    if worker:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        text = f"{_EXCEPTION_NAME.sub('', last)} (in data-loading {worker.group(1)})"
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

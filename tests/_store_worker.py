@@ -1,4 +1,5 @@
-"""A process that writes a store on command, for the tests of concurrent runs (tests/test_store_lock.py).
+"""A process that writes a store on command, for the tests of concurrent runs (tests/test_store_lock.py),
+and the small store the property tests write (tests/test_store_properties.py).
 
 Reads commands from stdin, one per line, and answers one line each on stdout:
 
@@ -8,7 +9,7 @@ Reads commands from stdin, one per line, and answers one line each on stdout:
 * ``release``: release the lock; ``released``.
 
 It answers ``ready`` once imported. Without stdin commands it is also the
-source of the maps and keys the tests expect.
+source of the maps and keys the tests expect, and of :func:`write_store`.
 """
 
 import sys
@@ -25,6 +26,34 @@ def maps_of(batch: int, n: int) -> np.ndarray:
 
 def keys_of(batch: int, n: int):
     return [(f"img-{batch}-{i}", i % 2) for i in range(n)]
+
+
+#: A small store's batches (index, maps) and the plan it records.
+BATCHES = [(0, 3), (1, 2), (2, 3)]
+PLAN = {"items": 6, "batches": len(BATCHES), "maps": sum(n for _, n in BATCHES)}
+
+
+def expected_maps() -> dict:
+    """The maps of a store :func:`write_store` completed, by key."""
+    return {(image_id, "iba", target): maps_of(batch, n)[row]
+            for batch, n in BATCHES for row, (image_id, target) in enumerate(keys_of(batch, n))}
+
+
+def write_store(out, stats, run_id: str = "run1") -> None:
+    """Write, or complete, a small store with every kind of file: config with plan, statistics
+    (``{layer: FeatureStats}``), arrays, index lines, the runs log. What a run of the command does."""
+    from captum_iba.app.store import BatchWriter, open_method_store
+
+    store = open_method_store(out, "iba", CONFIG, plan=PLAN)
+    if store.load_stats(stats) is None:
+        store.save_stats(stats)
+    done = store.done_batches()
+    writer = BatchWriter(store, run_id, rank=0)
+    for batch, n in BATCHES:
+        if batch not in done:
+            writer.started(batch, keys_of(batch, n))
+            writer.done(batch, keys_of(batch, n), maps_of(batch, n))
+    store.log_run({"run_id": run_id, "maps": PLAN["maps"]})
 
 
 def serve() -> None:

@@ -1,4 +1,5 @@
-"""`captum-iba attribute` and the other commands under stress: two writers, damage, refusals, a full disk, Ctrl-C.
+"""`captum-iba attribute` and the other commands under stress: two writers, damage, refusals, a full disk,
+Ctrl-C and SIGTERM, unreadable images.
 
 As in test_attribute_runs.py, every run uses tiny embedded models (32 px, trained
 in a second into this module's own cache) and one thread per process, so that a
@@ -20,13 +21,17 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from captum_iba._files import NoSpaceError
 from captum_iba.app import cli
 from captum_iba.app.report import render as report_module
 from captum_iba.app import store as store_module
 from captum_iba.app.attribute.distributed import shard
-from captum_iba.app.store import MethodStore, StoreError, read_maps
+from captum_iba.app.attribute.plan import MAX_NOISE_DRAWS, UsageError, make_plan
+from captum_iba.app.store import MethodStore, StoreError, read_maps, verify_store
+from captum_iba.attr.options import MAX_BETA
 from captum_iba.cxr import small_densenet
 from captum_iba.cxr.models._cache import write_checkpoint
 from captum_iba.cxr.models.checkpoints import load_model
@@ -68,9 +73,17 @@ def assert_same_maps(out, expected):
 # Two writers, with real processes.
 
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def checkout_env():
+    """The environment of a subprocess, with this checkout first on its path (not an installed copy)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def start(out, *extra):
     return subprocess.Popen([sys.executable, "-m", "captum_iba", "attribute", *iba_argv(out, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=checkout_env())
 
 
 def pause_lock_holder(out, runs, marked=False):
@@ -168,6 +181,38 @@ def test_ctrl_c_ends_with_one_line_and_130_and_a_rerun_completes_the_maps(cache,
     assert_same_maps(out, reference)
 
 
+def test_sigterm_ends_with_one_line_and_143_releases_the_lock_and_leaves_a_store_reported_incomplete(cache,
+                                                                                                      tmp_path):
+    out = tmp_path / "out"
+    run = start(out)
+    try:
+        pause_lock_holder(out, [run], marked=True)
+    finally:
+        run.send_signal(signal.SIGTERM)  # delivered when it goes on
+        run.send_signal(signal.SIGCONT)
+    _, err = run.communicate(timeout=600)
+    lines = [line for line in err.strip().splitlines() if line.startswith("captum-iba")]  # not the model's training
+    assert run.returncode == 143 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("captum-iba attribute: terminated (SIGTERM); the maps marked done are kept")
+    assert not (out / "iba.lock").exists()  # released
+    assert verify_store(out).status == "incomplete"
+
+
+def test_ctrl_c_while_the_command_imports_torch_is_one_line_and_130(tmp_path):
+    run = subprocess.Popen([sys.executable, "-m", "captum_iba", "attribute", *iba_argv(tmp_path / "out")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=checkout_env())
+    maps = pathlib.Path(f"/proc/{run.pid}/maps")
+    try:
+        while "libc10" not in maps.read_text():  # torch's first library is loaded: mid-import
+            assert run.poll() is None, run.communicate()
+            time.sleep(0.005)
+    finally:
+        run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 130 and err.strip().splitlines() == ["captum-iba attribute: interrupted"], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command", [
     ["demo"],
     ["evaluate", "--dataset", "nih", "--root", "x", "--checkpoint", "x.pt"],
@@ -251,6 +296,13 @@ def checkpoint_with_meta(path, **meta):
     pytest.param(("--device", "cuda"), "--device cuda: this machine has no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (("--target", "True"), "--target: expected output indices"),
+    (("--images", "99999999999999999999"), "--images: expected at most 9223372036854775807"),
+    (("--beta", "inf"), "--beta: expected a finite number, got inf"),
+    (("--beta", "nan"), "--beta: expected a finite number, got nan"),
+    (("--beta", "2e6"), "--beta: expected a number <= 1000000.0, got 2000000.0"),
+    (("--noise-draws", "99999999999999999999"), "--noise-draws: expected at most 4096"),
+    (("--steps", "99999999999999999999"), "--steps: expected at most 1000000"),
+    (("--seed", "99999999999999999999"), "--seed: expected at most 9223372036854775807"),
     ("task", "unknown task 'chexpert'"),
     ("option", "unknown small_densenet option(s) depth"),
     ("name", "unknown architecture 'resnet'"),
@@ -269,6 +321,73 @@ def test_every_refused_request_is_one_line_and_writes_nothing(extra, message, tm
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith("captum-iba attribute: error: ") and message in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def plan_of(*extra):
+    return make_plan(cli.build_parser().parse_args(["attribute", *iba_argv("unused", *extra)]))
+
+
+@settings(deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70))
+def test_numbers_are_refused_exactly_where_the_library_refuses_them(beta, draws):
+    beta_ok = 0 <= beta <= MAX_BETA  # BottleneckOptions' range; False for nan
+    draws_ok = 1 <= draws <= MAX_NOISE_DRAWS
+    for name, value, ok in (("--beta", repr(beta), beta_ok), ("--noise-draws", str(draws), draws_ok)):
+        if ok:
+            plan_of(f"{name}={value}")
+        else:
+            with pytest.raises(UsageError, match=f"^{name}: expected") as caught:
+                plan_of(f"{name}={value}")
+            assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--task", "nih", "--out", "x.pt", "--lr", "inf"], "argument --lr: expected a finite number, got inf"),
+    (["train", "--task", "nih", "--out", "x.pt", "--epochs", "0"], "argument --epochs: expected an integer in [1,"),
+    (["demo", "--images", "99999999999999999999"], "argument --images: expected an integer in [1, 922337203"),
+    (["attribute", "--method", "iba", "--out", "x", "--images", "many"], "argument --images: invalid int value"),
+])
+def test_a_refused_argument_of_any_command_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    lines = error_lines(capsys)
+    assert caught.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_an_unreadable_image_read_by_a_data_loading_worker_is_one_line_naming_it(cache, nih_root, tmp_path, capsys):
+    for png in nih_root.rglob("*.png"):
+        png.write_bytes(png.read_bytes()[:200])  # cut short, as an interrupted copy leaves it
+    out = tmp_path / "out"
+    assert cli.main(["attribute", "--method", "gradcam", "--dataset", "nih", "--root", str(nih_root), "--out",
+                     str(out), "--images", "4", "--batch-size", "2", "--workers", "2", *EMBEDDED]) == 2
+    # Not the warning that two listed images are absent, nor the embedded model's training bars.
+    lines = [line for line in error_lines(capsys) if line.startswith("captum-iba") and ": warning: " not in line]
+    assert len(lines) == 1 and "Traceback" not in lines[0] and len(lines[0]) < 400, lines
+    assert lines[0].startswith(f"captum-iba attribute: error: {nih_root}") and ".png: unreadable image (" in lines[0]
+    assert lines[0].endswith("(in data-loading worker process 0)") or lines[0].endswith("process 1)")
+    assert not (out / "gradcam.lock").exists()
+
+
+def test_a_truncated_statistics_file_is_one_line_and_a_damaged_index_line_is_rebuilt(cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert attribute(out, images=4) == 0
+    index = next((out / "iba" / "index").glob("*.jsonl"))
+    lines = index.read_text().splitlines(keepends=True)
+    lines[-1] = lines[-1].replace("phantom-nih-1000-0000", "phantom-nih-1000-9999")  # another image's id
+    index.write_text("".join(lines))
+    assert verify_store(out).status == "corrupt"
+    capsys.readouterr()
+    assert attribute(out, images=4) == 0
+    assert "1 damaged index line(s) dropped, their batches computed again" in capsys.readouterr().err
+    assert verify_store(out).ok and all(not key[0].endswith("9999") for key in read_maps(out))
+
+    stats = next((out / "iba" / "stats").glob("*.pt"))
+    stats.write_bytes(stats.read_bytes()[:100])
+    assert attribute(out, images=4) == 2
+    [line] = error_lines(capsys)
+    assert line.startswith(f"captum-iba attribute: error: {stats}: ") and "Traceback" not in line
+    assert "delete it" in line and "--overwrite" in line
+    assert attribute(out, images=4, *("--overwrite",)) == 0 and verify_store(out).ok
 
 
 def test_checkpoint_weights_that_do_not_fit_are_one_line_naming_the_file(tmp_path):

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captum_iba.app.store import method as store_method
-from captum_iba.app.store import BatchWriter, StoreError, check_out_dir, open_method_store, read_index, read_maps
+from captum_iba.app.store import (BatchWriter, StoreError, StoreWarning, check_out_dir, open_method_store, read_index,
+                                  read_maps)
 from captum_iba.app.attribute.distributed import batch_seed, shard
 
 CONFIG = {"method": "iba", "options": {"steps": 10}, "seed": 0}
@@ -93,13 +94,18 @@ def test_torn_index_line_and_partly_marked_batch_do_not_count(tmp_path):
     np.testing.assert_array_equal(maps[("img-1-2", "iba", 0)], maps_of(1, 3)[2])
 
 
-def test_a_corrupt_index_line_is_an_error_naming_the_file(tmp_path):
+def test_a_line_that_does_not_parse_is_named_by_file_and_line_and_the_rest_reads(tmp_path):
     out = tmp_path / "out"
-    write_batches(out, [(0, 2)])
+    write_batches(out, [(0, 2), (1, 2)])
     index_file = next((out / "iba" / "index").glob("*.jsonl"))
     index_file.write_text("not json\n" + index_file.read_text())
-    with pytest.raises(StoreError, match=f"{index_file.name}, line 1"):
-        read_maps(out)
+    with pytest.warns(StoreWarning, match=f"{index_file}:1: not a valid JSON line") as caught:
+        maps = read_maps(out)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert len(maps) == 4  # a line that is not a map's is dropped; every batch still reads
+    store = open_method_store(out, "iba", CONFIG)  # the writer drops it
+    assert [problem.line for problem in store.repaired] == [1]
+    assert "not json" not in index_file.read_text() and len(read_maps(out)) == 4
 
 
 def test_changed_configuration_is_refused_unless_overwrite(tmp_path):

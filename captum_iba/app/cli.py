@@ -1,8 +1,12 @@
 """The ``captum-iba`` command: demo, evaluate, train, attribute, verify.
 
-Whatever stops a command -- a refused argument, a full disk, Ctrl-C -- ends
-in one line on standard error (exit status 2, 1 and 130); warnings are one
-line each.
+Whatever stops a command -- a refused argument, a full disk, an unreadable
+file, Ctrl-C or SIGTERM -- ends in one line on standard error (exit status 2
+for a refused request, 1 for a full disk, 130 for SIGINT, 143 for SIGTERM);
+warnings are one line each. The signal handlers are installed before the
+modules that take seconds to import (torch), so that Ctrl-C in the first
+seconds is one line too; the files and stores a command writes are left
+consistent, and ``attribute`` releases its writer lock.
 
 Every choice it offers comes from a registry: methods from
 :data:`captum_iba.app.methods.METHODS`, datasets from
@@ -13,30 +17,115 @@ Every choice it offers comes from a registry: methods from
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import warnings
 from typing import List, Optional
 
+# Light imports only: the rest is imported by main(), once Ctrl-C is one line.
 from .._files import NO_SPACE, error_line
-from ..cxr.models.checkpoints import TASKS
-from ..cxr.models.training import LOSSES
-from .methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
-from ..objectives import REGRESSION_LOSSES
-from .commands import run_demo, run_evaluate, run_train
-from .attribute.plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_READOUT_IMAGES, DEFAULT_STEPS
-from .sources import DATASETS, HELD_OUT_PHANTOM_SEED
-from .store.verify import add_verify_arguments, run_verify
+
+#: Exit status per signal: 128 + its number, as a shell reports it.
+SIGNAL_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``with`` and ``finally`` runs (a writer
+    lock is released); a BaseException, so that no ``except Exception`` swallows it."""
+
+
+class _StopSignals:
+    """The handler of SIGINT and SIGTERM while a command runs.
+
+    The first signal raises (``KeyboardInterrupt`` or :class:`Terminated`) in
+    the main thread; a second one, while the first unwinds, ends the process
+    at once with one line. ``finished`` marks the time after the command
+    returned (the interpreter's exit): a signal then ends the process at once.
+    """
+
+    def __init__(self) -> None:
+        self.command = "captum-iba"
+        self.received: Optional[int] = None
+        self.finished = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.received is None and not self.finished:
+            self.received = signum
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        try:  # what the command printed so far is kept
+            sys.stdout.flush()
+            print(f"\n{self.command}: {_stopped(signum)}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(SIGNAL_STATUS[signum])
+
+
+def _signal_of(error: BaseException) -> int:
+    return signal.SIGINT if isinstance(error, KeyboardInterrupt) else signal.SIGTERM
+
+
+def _stopped(signum: int) -> str:
+    return "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+
+
+def _command_word(argv: List[str]) -> str:
+    """``captum-iba COMMAND`` for messages before the arguments are parsed."""
+    words = [word for word in argv if not word.startswith("-")]
+    return f"captum-iba {words[0]}" if words else "captum-iba"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``PROG: error: MESSAGE (see PROG --help)``), status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {error_line(message)} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int, maximum: int):
+    """An argparse type: an integer in [minimum, maximum] (the library's rule for counts)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{minimum}, {maximum}], got {value}")
+        return value
+    return parse
+
+
+def _number(minimum: float, maximum: float):
+    """An argparse type: a finite number in (minimum, maximum] (the library's rule for a learning rate)."""
+    def parse(text: str) -> float:
+        from .._validate import check_number
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check_number(value, "value", minimum=minimum, strict=True, maximum=maximum, below=False)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).split(": ", 1)[1]) from None
+    return parse
+
 
 def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> None:
+    from .._validate import SEED_RANGE
+    from .attribute.plan import MAX_BATCH_SIZE, MAX_ITEMS, MAX_NOISE_DRAWS, MAX_STEPS
+
+    items, steps = _count(1, MAX_ITEMS), _count(1, MAX_STEPS)
     parser.add_argument("--out", default="report", help="report folder (default: report/)")
-    parser.add_argument("--images", type=int, default=images, help=f"held-out images per study (default {images})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the IBA noise and random choices")
-    parser.add_argument("--steps", type=int, default=10, help="IBA optimisation steps (default 10)")
-    parser.add_argument("--noise-draws", type=int, default=10, help="IBA noise draws per image and step (default 10)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images attributed together")
-    parser.add_argument("--insertion-steps", type=int, default=16, help="insertion/deletion steps (default 16)")
-    parser.add_argument("--sensitivity-masks", type=int, default=16, help="random masks per n in sensitivity-N")
-    parser.add_argument("--extremal-iterations", type=int, default=20,
+    parser.add_argument("--images", type=items, default=images, help=f"held-out images per study (default {images})")
+    parser.add_argument("--seed", type=_count(*SEED_RANGE), default=0,
+                        help="seed of the IBA noise and random choices")
+    parser.add_argument("--steps", type=steps, default=10, help="IBA optimisation steps (default 10)")
+    parser.add_argument("--noise-draws", type=_count(1, MAX_NOISE_DRAWS), default=10,
+                        help="IBA noise draws per image and step (default 10)")
+    parser.add_argument("--batch-size", type=_count(1, MAX_BATCH_SIZE), default=8, help="images attributed together")
+    parser.add_argument("--insertion-steps", type=steps, default=16, help="insertion/deletion steps (default 16)")
+    parser.add_argument("--sensitivity-masks", type=steps, default=16, help="random masks per n in sensitivity-N")
+    parser.add_argument("--extremal-iterations", type=steps, default=20,
                         help="TorchRay extremal perturbation iterations per image (default 20; TorchRay's is 800)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -72,9 +161,35 @@ ATTRIBUTE_DESCRIPTION = ("One attribution method's maps for a whole dataset, in 
 
 
 #: The description of ``captum-iba verify --help``.
-VERIFY_DESCRIPTION = ("Check every done array of a store written by `captum-iba attribute` against the SHA-256 "
-                      "recorded when it was written, and list the missing, corrupt and orphaned ones. Exit status: "
-                      "0 intact, 1 problems found (rerun the attribute command to repair them), 2 not a store.")
+VERIFY_DESCRIPTION = ("Check a store written by `captum-iba attribute`: every done array against the SHA-256 "
+                      "recorded when it was written, every index line, the configuration and the statistics "
+                      "against their own checksums, and the done maps against the planned ones. Exit status: "
+                      "0 ok (intact and complete), 1 corrupt (rerun the attribute command to repair it), "
+                      "3 incomplete (intact, planned maps not done yet: rerun it to complete them), 2 not a store.")
+
+
+# The commands, imported when run (they import torch); module attributes, so that tests can replace them.
+
+
+def run_demo(args) -> int:
+    """The paper's evaluation on the embedded phantom and its models."""
+    from .commands import run_demo as run
+
+    return run(args)
+
+
+def run_evaluate(args) -> int:
+    """The same evaluation on a real dataset folder and a model: a checkpoint, or your own (--model)."""
+    from .commands import run_evaluate as run
+
+    return run(args)
+
+
+def run_train(args) -> int:
+    """Train a DenseNet on a dataset and write a checkpoint for evaluate/attribute."""
+    from .commands import run_train as run
+
+    return run(args)
 
 
 def _run_attribute(args) -> int:
@@ -83,8 +198,20 @@ def _run_attribute(args) -> int:
     return run(args)
 
 
+def _run_verify(args) -> int:
+    from .store.verify import run_verify
+
+    return run_verify(args)
+
+
 def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``captum-iba attribute`` to ``parser``."""
+    """Add the options of ``captum-iba attribute`` to ``parser`` (their numbers are checked by
+    :func:`~captum_iba.app.attribute.plan.make_plan`, before anything is read or written)."""
+    from ..objectives import REGRESSION_LOSSES
+    from .attribute.plan import DEFAULT_NOISE_DRAWS, DEFAULT_PHANTOM_IMAGES, DEFAULT_READOUT_IMAGES, DEFAULT_STEPS
+    from .methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
+    from .sources import DATASETS, HELD_OUT_PHANTOM_SEED
+
     parser.add_argument("--method", required=True, choices=list(METHODS), help="the attribution method")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="the store: created, or resumed when it holds this configuration")
@@ -154,7 +281,16 @@ def _add_compute_arguments(compute) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser of every command (imports the registries: seconds, the first time)."""
+    from .._validate import SEED_RANGE
+    from ..cxr.models.checkpoints import TASKS
+    from ..cxr.models.training import LOSSES
+    from .attribute.plan import MAX_BATCH_SIZE, MAX_ITEMS, MAX_LR, MAX_SIZE, MAX_STEPS
+    from .sources import DATASETS
+    from .store.verify import add_verify_arguments
+
+    items, steps, size = _count(1, MAX_ITEMS), _count(1, MAX_STEPS), _count(1, MAX_SIZE)
+    parser = OneLineParser(
         prog="captum-iba",
         description="Information Bottleneck Attribution for chest X-ray models, with the paper's evaluation.",
     )
@@ -163,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the paper's evaluation on the embedded phantom (no download)",
                                description=run_demo.__doc__)
     _add_evaluation_options(demo, images=16)
-    demo.add_argument("--auc-images", type=int, default=200, help="held-out images for Table 3's AUC/AP")
-    demo.add_argument("--size", type=int, default=None, help="train the embedded models at this size (quick runs)")
-    demo.add_argument("--train-images", type=int, default=None, help="phantom images to train on (quick runs)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (quick runs)")
+    demo.add_argument("--auc-images", type=items, default=200, help="held-out images for Table 3's AUC/AP")
+    demo.add_argument("--size", type=size, default=None, help="train the embedded models at this size (quick runs)")
+    demo.add_argument("--train-images", type=items, default=None, help="phantom images to train on (quick runs)")
+    demo.add_argument("--epochs", type=steps, default=None, help="training epochs (quick runs)")
     demo.add_argument("--full", action="store_true",
                       help="the layer sweep on every study image (default: a reduced sweep on 8 images)")
     demo.add_argument("--no-cue", dest="cue", action="store_false",
@@ -177,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    description=run_evaluate.__doc__)
     evaluate.add_argument("--dataset", choices=[n for n, s in DATASETS.items() if not s.generated], required=True)
     evaluate.add_argument("--root", required=True, help="the dataset folder")
-    evaluate.add_argument("--size", type=int, metavar="PX", help="image side (default: the model's input size)")
+    evaluate.add_argument("--size", type=size, metavar="PX", help="image side (default: the model's input size)")
     add_model_arguments(evaluate, default="required unless --model")
     evaluate.add_argument("--task", choices=list(TASKS), default=None,
                           help="the checkpoint's task (default: nih for --dataset nih, else brixia_regression)")
@@ -191,12 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="checkpoint file to write")
     train.add_argument("--architecture", choices=["small_densenet", "densenet121"], default="small_densenet")
     train.add_argument("--loss", choices=list(LOSSES), default=None)
-    train.add_argument("--images", type=int, default=3000, help="phantom training images")
-    train.add_argument("--size", type=int, default=None, help="image side (default: phantom 96, real data 224)")
-    train.add_argument("--epochs", type=int, default=4)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=5e-3)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--images", type=items, default=3000, help="phantom training images")
+    train.add_argument("--size", type=size, default=None, help="image side (default: phantom 96, real data 224)")
+    train.add_argument("--epochs", type=steps, default=4)
+    train.add_argument("--batch-size", type=_count(1, MAX_BATCH_SIZE), default=32)
+    train.add_argument("--lr", type=_number(0.0, MAX_LR), default=5e-3, help=f"learning rate, in (0, {MAX_LR:g}]")
+    train.add_argument("--seed", type=_count(*SEED_RANGE), default=0)
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=run_train)
 
@@ -208,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check every map of an attribute store (missing, corrupt, orphaned)",
                                  description=VERIFY_DESCRIPTION)
     add_verify_arguments(verify)
-    verify.set_defaults(run=run_verify)
+    verify.set_defaults(run=_run_verify)
     return parser
 
 
@@ -220,25 +356,46 @@ def _one_line_warning(command: str):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        # Captum and TorchRay warn on every call about torch API changes that do not affect results.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"(captum|torchray|torch)\b")
-        warnings.showwarning = _one_line_warning(args.command)
-        return _run_command(args)
+    """Run ``captum-iba ARGV``; returns the exit status.
+
+    SIGINT and SIGTERM are handled from the start (see :class:`_StopSignals`).
+    Called without ``argv`` (the program itself), the handlers stay for the
+    interpreter's exit, where a signal ends the process at once; called with
+    ``argv`` (from Python), the previous handlers are restored on return.
+    """
+    stop = _StopSignals()
+    stop.command = _command_word(sys.argv[1:] if argv is None else argv)
+    previous = {signum: signal.signal(signum, stop) for signum in SIGNAL_STATUS}
+    try:
+        args = build_parser().parse_args(argv)  # imports torch: seconds
+        with warnings.catch_warnings():
+            # Captum and TorchRay warn on every call about torch API changes that do not affect results.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(captum|torchray|torch)\b")
+            warnings.showwarning = _one_line_warning(args.command)
+            return _run_command(args, stop)
+    except (KeyboardInterrupt, Terminated) as error:  # before the command started, or after it returned
+        signum = stop.received or _signal_of(error)
+        print(f"{stop.command}: {_stopped(signum)}", file=sys.stderr, flush=True)
+        return SIGNAL_STATUS[signum]
+    finally:
+        if argv is None:
+            stop.finished = True
+        else:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
-def _run_command(args) -> int:
+def _run_command(args, stop: _StopSignals) -> int:
     """``args.run(args)``; what stops it is one line on standard error and an exit status."""
     try:
         return args.run(args)
-    except KeyboardInterrupt:  # every command: the stores and files it writes are left consistent
+    except (KeyboardInterrupt, Terminated) as error:  # the stores and files written are left consistent
+        signum = stop.received or _signal_of(error)
         kept = "; the maps marked done are kept: rerun the same command to complete them" \
             if args.command == "attribute" else ""
         after_bar = "\n" if sys.stderr.isatty() else ""  # a progress bar or ^C may hold the line
-        print(f"{after_bar}captum-iba {args.command}: interrupted{kept}", file=sys.stderr, flush=True)
-        return 130
+        print(f"{after_bar}captum-iba {args.command}: {_stopped(signum)}{kept}", file=sys.stderr, flush=True)
+        return SIGNAL_STATUS[signum]
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as error:
         print(f"captum-iba {args.command}: error: {error_line(error)}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import math
 import sys
 from pathlib import Path
 from typing import Dict, Sequence
@@ -23,11 +24,16 @@ from ..._hashing import tensor_digest
 from ...cxr import PhantomCXR, collate
 from ..methods import METHODS
 from ...stats import FeatureStats, estimate_stats
+from .distributed import quiet_worker
 from .plan import DEFAULT_PHANTOM_IMAGES, Plan, UsageError
 from ..sources import DATASETS, HELD_OUT_PHANTOM_SEED, TRAINING_PHANTOM_SEED, open_dataset
 
 __all__ = ["run_items", "data_identity", "estimation_source", "estimation_data", "load_stats_option",
-           "estimate_run_stats", "versions", "run_config", "stats_digest"]
+           "estimate_run_stats", "versions", "run_config", "stats_digest", "run_plan", "PLANNED_PHANTOM_LIMIT"]
+
+#: Phantom items whose labels are counted up front for the planned number of maps (its labels are
+#: drawn per item: about 50 us each); beyond it a store records its planned batches only.
+PLANNED_PHANTOM_LIMIT = 100_000
 
 
 def stats_digest(stats: Dict[str, FeatureStats]) -> str:
@@ -43,6 +49,29 @@ def run_items(args: argparse.Namespace, plan: Plan, size: int) -> Dataset:
                             n=args.images or DEFAULT_PHANTOM_IMAGES, seed=seed)
     data = open_dataset(args.dataset, args.root, size=size, split=args.split)
     return data if args.images is None else Subset(data, range(min(args.images, len(data))))
+
+
+def run_plan(args: argparse.Namespace, plan: Plan, items: Dataset) -> dict:
+    """What the run will write, recorded in the store before any batch: ``{"items", "batches", "maps"}``.
+
+    ``maps`` follows the targets policy of :func:`~captum_iba.app.attribute.runner` (``--target``,
+    else every positive label, else the top prediction: one map), counted from the items' labels
+    without reading an image; None where they cannot be counted up front (a phantom of more than
+    :data:`PLANNED_PHANTOM_LIMIT` items, or a dataset that cannot list its labels).
+    """
+    n = len(items)
+    maps = None
+    if plan.label_key is None:
+        maps = n
+    elif plan.targets is not None:
+        maps = n * len(plan.targets)
+    elif not DATASETS[args.dataset].generated or n <= PLANNED_PHANTOM_LIMIT:
+        reader, indices = (items.dataset, list(items.indices)) if isinstance(items, Subset) else (items, None)
+        if hasattr(reader, "targets"):
+            labels = reader.targets(plan.label_key)
+            labels = labels if indices is None else labels[indices]
+            maps = int(torch.count_nonzero(labels.reshape(n, -1), dim=1).clamp(min=1).sum())
+    return {"items": n, "batches": math.ceil(n / args.batch_size), "maps": maps}
 
 
 def data_identity(args: argparse.Namespace, plan: Plan, items: Dataset, size: int) -> dict:
@@ -91,7 +120,8 @@ def load_stats_option(path: str, layers: Sequence[str]) -> Dict[str, FeatureStat
 def estimate_run_stats(model: nn.Module, args: argparse.Namespace, plan: Plan, size: int,
                     device: torch.device) -> Dict[str, FeatureStats]:
     data = estimation_data(args, plan, size)
-    loader = DataLoader(data, batch_size=32, collate_fn=collate, num_workers=args.workers)
+    loader = DataLoader(data, batch_size=32, collate_fn=collate, num_workers=args.workers,
+                        worker_init_fn=quiet_worker)
     modules = dict(model.named_modules())
     stats = estimate_stats(model, [modules[layer] for layer in plan.stats_layers],
                            (batch["image"].to(device) for batch in loader),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 from collections.abc import Sequence
 from typing import Callable, Iterable, Iterator, Optional, Tuple
 
@@ -22,7 +23,7 @@ import torch.distributed as dist
 
 from .plan import UsageError
 
-__all__ = ["Processes", "SetupFailed", "Shard", "determinism", "shard", "batch_seed", "check_device"]
+__all__ = ["Processes", "SetupFailed", "Shard", "determinism", "shard", "batch_seed", "check_device", "quiet_worker"]
 
 
 class SetupFailed(Exception):
@@ -79,6 +80,24 @@ def shard(n_items: int, batch_size: int, rank: int, world: int) -> Shard:
 def batch_seed(seed: int, batch: int) -> int:
     """The noise seed of batch ``batch`` of a run seeded with ``seed``: a 63-bit integer."""
     return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader's ``worker_init_fn``: its workers leave SIGINT to the main process, and end
+    quietly (exit status 0) on SIGTERM.
+
+    The main process handles both signals (one line, the writer lock released)
+    and stops its workers itself. A worker that raised on them would print its
+    own traceback; one killed by SIGTERM would make the main process report a
+    worker failure instead; SIGTERM must still end it, as the main process's
+    exit stops its workers with SIGTERM.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_worker)
+
+
+def _end_worker(signum, frame) -> None:
+    os._exit(0)
 
 
 def check_device(device: str, local_rank: int = 0) -> torch.device:

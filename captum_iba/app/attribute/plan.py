@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
+from ..._validate import SEED_RANGE, check_number
+from ...attr.options import MAX_BETA, MAX_LR
 from ...maps import parse_threshold
 from ..methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
 from ...objectives import REGRESSION_LOSSES
 from ..sources import DATASETS, TASKS
 
 __all__ = ["Plan", "UsageError", "make_plan", "DEFAULT_STEPS", "DEFAULT_NOISE_DRAWS", "DEFAULT_REGRESSION_LOSS",
-           "DEFAULT_READOUT_IMAGES", "readout_layers"]
+           "DEFAULT_READOUT_IMAGES", "readout_layers", "MAX_SIZE", "MAX_BATCH_SIZE", "MAX_ITEMS", "MAX_STEPS",
+           "MAX_NOISE_DRAWS", "MAX_LR"]
 
 #: Library defaults of the IBA options, written into a run's configuration.
 DEFAULT_STEPS, DEFAULT_NOISE_DRAWS = 10, 10
@@ -205,25 +209,41 @@ def at_most(name: str, value: Optional[int], maximum: int, why: str) -> None:
         raise UsageError(f"--{name}: expected at most {maximum} ({why}), got {value}")
 
 
-#: Bounds that catch a mistyped number before it fills the memory: an image side, items per batch.
-MAX_SIZE, MAX_BATCH_SIZE = 4096, 4096
+#: Bounds that catch a mistyped number before it fills the memory: an image side, items per batch,
+#: noise draws per image (each a copy of the batch's features).
+MAX_SIZE, MAX_BATCH_SIZE, MAX_NOISE_DRAWS = 4096, 4096, 4096
+#: Items (images, training or estimation samples): as many as Python can count in a sequence.
+MAX_ITEMS = sys.maxsize
+#: Optimisation steps or training epochs: a mistyped number would run for years.
+MAX_STEPS = 1_000_000
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
+    """Every number against the bounds the library and the machine allow (``--beta`` as
+    :class:`~captum_iba.attr.options.BottleneckOptions` checks it)."""
     for name in ("images", "size", "steps", "noise_draws", "batch_size", "threads", "readout_epochs",
                  "readout_images"):
         at_least(name.replace("_", "-"), getattr(args, name, None))
     at_least("stats-samples", args.stats_samples, 2)
     at_least("workers", args.workers, 0)
+    for name in ("images", "readout_images", "stats_samples"):
+        at_most(name.replace("_", "-"), getattr(args, name), MAX_ITEMS, "the most items Python can count")
     at_most("size", args.size, MAX_SIZE, "pixels per side")
     at_most("batch-size", args.batch_size, MAX_BATCH_SIZE, "items held in memory together")
+    at_most("noise-draws", args.noise_draws, MAX_NOISE_DRAWS, "noisy copies of a batch held in memory together")
+    at_most("steps", args.steps, MAX_STEPS, "optimisation steps per batch")
+    at_most("readout-epochs", args.readout_epochs, MAX_STEPS, "passes over the training items")
     cores = os.cpu_count() or 1
     at_most("threads", args.threads, 4 * cores, f"4 per CPU core of this machine's {cores}")
     at_most("workers", args.workers, 4 * cores, f"4 per CPU core of this machine's {cores}")
-    at_least("seed", args.seed, 0)
-    at_least("phantom-seed", args.phantom_seed, 0)
-    if args.beta is not None and not args.beta >= 0:
-        raise UsageError(f"--beta: expected a number >= 0, got {args.beta}")
+    for name in ("seed", "phantom_seed"):
+        at_least(name.replace("_", "-"), getattr(args, name), SEED_RANGE[0])
+        at_most(name.replace("_", "-"), getattr(args, name), SEED_RANGE[1], "the seeds torch's generators take")
+    if args.beta is not None:
+        try:
+            check_number(args.beta, "--beta", minimum=0.0, maximum=MAX_BETA, below=False)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
 
 
 def _method_options(args: argparse.Namespace, applies: Sequence[str], bottleneck: bool) -> dict:

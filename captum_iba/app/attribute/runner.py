@@ -38,9 +38,9 @@ from ..._files import error_line
 from ...cxr import collate
 from ..methods import METHODS, MethodSuite
 from ...stats import FeatureStats
-from .distributed import Processes, SetupFailed, Shard, batch_seed, determinism, shard
+from .distributed import Processes, SetupFailed, Shard, batch_seed, determinism, quiet_worker, shard
 from .plan import Plan, make_plan, readout_layers
-from .config import estimate_run_stats, estimation_data, load_stats_option, run_config, run_items
+from .config import estimate_run_stats, estimation_data, load_stats_option, run_config, run_items, run_plan
 from ..sources import choose_layers, image_size, open_model
 from ..store import BatchWriter, MethodStore, StoreError, check_out_dir, check_writer, open_method_store, writer_lock
 
@@ -78,7 +78,12 @@ def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: co
     config = run_config(args, plan, model, items, size, given)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
     lock = stack.enter_context(writer_lock(out, plan.method_key, run_id))
-    store = open_method_store(out, plan.method_key, config, overwrite=args.overwrite, lock=lock)
+    store = open_method_store(out, plan.method_key, config, plan=run_plan(args, plan, items),
+                              overwrite=args.overwrite, lock=lock)
+    damaged_lines = [line for line in store.repaired if line.damaged]
+    if damaged_lines:
+        print(f"captum-iba attribute: {len(damaged_lines)} damaged index line(s) dropped, their batches computed "
+              f"again ({damaged_lines[0]})", file=sys.stderr, flush=True)
     done, damaged = store.resume(verify=args.verify)
     if damaged:
         name, problem = sorted(damaged.items())[0]
@@ -108,13 +113,14 @@ def _trained(model: nn.Module, args: argparse.Namespace, plan: Plan, stats: Dict
         return str(path)
     n, epochs = plan.options["readout_images"], plan.options["readout_epochs"]
     loader = DataLoader(estimation_data(args, plan, size, n), batch_size=32, collate_fn=collate,
-                        num_workers=args.workers)
+                        num_workers=args.workers, worker_init_fn=quiet_worker)
     suite.training_data = [(batch["image"].to(device), batch[plan.label_key]) for batch in loader]  # read once
     started = time.perf_counter()
     state = suite.train(plan.method)
     seconds = time.perf_counter() - started
     path.parent.mkdir(exist_ok=True)
     state.save(path)
+    store.record_files([str(path.relative_to(store.folder))])
     print(f"captum-iba attribute: {plan.method}: trained on {n} items x {epochs} epochs in {seconds:.1f} s, "
           f"kept in {path}", flush=True)
     return str(path)
@@ -222,7 +228,8 @@ def attribute_shard(args: argparse.Namespace, plan: Plan, setup: Setup, processe
     if setup.trained_path is not None:
         suite.load_trained(plan.method, setup.trained_path)
     pending = _Pending(shard(len(setup.items), args.batch_size, processes.rank, processes.world), setup.done)
-    loader = DataLoader(setup.items, batch_sampler=pending, collate_fn=collate, num_workers=args.workers)
+    loader = DataLoader(setup.items, batch_sampler=pending, collate_fn=collate, num_workers=args.workers,
+                        worker_init_fn=quiet_worker)
     tally = Tally()
     description = plan.method_key + (f" (process 0 of {processes.world})" if processes.world > 1 else "")
     start = time.perf_counter()
@@ -281,8 +288,9 @@ def run(args: argparse.Namespace) -> int:
     missing or unreadable file, a full disk) prints one line naming the cause
     on standard error and returns 2; the arguments are all checked before
     anything is written. Under torchrun, process 0 reports what went wrong
-    while it set the run up. Ctrl-C propagates (``KeyboardInterrupt``) after
-    the writer lock is released.
+    while it set the run up. Ctrl-C and SIGTERM (``KeyboardInterrupt`` and
+    :class:`captum_iba.app.cli.Terminated`) propagate after the writer lock is
+    released.
     """
     processes = plan = None
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -14,8 +13,8 @@ from typing import Dict, List, Optional
 import zarr
 
 from ..._files import fsync_dir
-from .files import (CONFIG, FORMAT, INDEX, MAPS, MARKER, SCRATCH, StoreError, disk_space, fsync_tree, lock_path,
-                    method_folders, read_marker, write_json)
+from .files import (CONFIG, FORMAT, INDEX, MAPS, MARKER, SCRATCH, STATS, TRAINED, StoreError, config_hash, disk_space,
+                    file_record, fsync_tree, lock_path, method_folders, read_marker, seal, write_json)
 from .lock import DEFAULT_LEASE_S, WriterLock, check_lock
 from .method import MethodStore
 
@@ -84,11 +83,6 @@ def check_out_dir(out_dir) -> Path:
     return out
 
 
-def config_hash(config: dict) -> str:
-    """SHA-256 of a configuration's canonical JSON."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
-
 def _flatten(config: dict, prefix: str = "") -> Dict[str, object]:
     flat: Dict[str, object] = {}
     for key, value in config.items():
@@ -155,7 +149,7 @@ def check_writer(out_dir, method: str, run_id: str) -> None:
     check_lock(lock_path(out, method), run_id, label=str(out / method))
 
 
-def open_method_store(out_dir, method: str, config: dict, *, overwrite: bool = False,
+def open_method_store(out_dir, method: str, config: dict, *, plan: Optional[dict] = None, overwrite: bool = False,
                       lock: Optional[WriterLock] = None) -> "MethodStore":
     """Create or reopen the part of a store that holds ``method``'s maps (one process only).
 
@@ -167,10 +161,17 @@ def open_method_store(out_dir, method: str, config: dict, *, overwrite: bool = F
         The method key, e.g. ``"iba"`` or ``"regression-deviation"``.
     config : dict
         Everything that determines the maps (JSON-serialisable).
+    plan : dict, optional
+        What the run will write: ``{"items": N, "batches": B, "maps": M}``
+        (``maps`` None where it is not known before the maps are computed);
+        recorded before any batch, so that a store tells whether it is
+        complete (:func:`~captum_iba.app.store.verify.verify_store`).
     overwrite : bool
         Replace the method's maps when they were computed with another
-        configuration, instead of refusing. (A method folder that holds no
-        done maps yet is replaced in any case: nothing is lost.)
+        configuration, or when the folder is damaged beyond what a rerun
+        repairs (a missing or changed ``config.json``, a changed statistics
+        file), instead of refusing. (A method folder that holds no done maps
+        yet is replaced in any case: nothing is lost.)
     lock : WriterLock, optional
         The run's lock of this method (:func:`writer_lock`), held for the run.
         Without it, the lock is taken for the time of this call, so a store
@@ -179,18 +180,22 @@ def open_method_store(out_dir, method: str, config: dict, *, overwrite: bool = F
     Returns
     -------
     MethodStore
-        Its arrays that no done batch refers to are removed.
+        Its damaged and cut-short index lines dropped (listed in its
+        ``repaired`` attribute: their batches are no longer done), and its
+        arrays that no done batch refers to removed. A store written before
+        checksums gets them (:meth:`~captum_iba.app.store.MethodStore.seal_legacy`).
 
     Raises
     ------
     StoreError
         See :func:`check_out_dir` and :func:`writer_lock`; also when the folder
-        holds maps of the method computed with another configuration and
+        holds maps of the method computed with another configuration, or a
+        missing, changed or unreadable ``config.json`` or recorded file, and
         ``overwrite`` is false, or ``lock`` is not the held lock of this method.
     """
     if lock is None:
         with writer_lock(out_dir, method, f"open-{secrets.token_hex(4)}") as own:
-            return open_method_store(out_dir, method, config, overwrite=overwrite, lock=own)
+            return open_method_store(out_dir, method, config, plan=plan, overwrite=overwrite, lock=own)
     out = check_out_dir(out_dir)
     if lock.path != lock_path(out, method):
         raise StoreError(f"lock: {lock.path} is not the writer lock of {out / method}")
@@ -201,32 +206,76 @@ def open_method_store(out_dir, method: str, config: dict, *, overwrite: bool = F
         for entry in out.iterdir():  # left by a run killed while building or removing the folder
             if _is_scratch_of(entry.name, method):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        if folder.exists():
-            previous = MethodStore(folder)
-            if previous.config != config:
-                # Refused only where maps would be lost: a folder without any is simply replaced.
-                if previous.complete_arrays() and not overwrite:
-                    changes = "; ".join(_differences(previous.config, config))
-                    raise StoreError(
-                        f"{out} holds {method!r} maps computed with another configuration "
-                        f"({changes}); rerun with the same options to resume them, or pass "
-                        "--overwrite to replace them"
-                    )
-                _remove(folder)
+        if folder.exists() and _replace(folder, method, config, overwrite):
+            _remove(folder)
         if not folder.exists():
-            _create_method_folder(folder, config)
+            _create_method_folder(folder, config, plan)
         store = MethodStore(folder)
+        store.seal_legacy()
+        store.repaired = store.repair_index()
+        for relative in [name for name, problem in store.file_problems().items() if problem.startswith("missing")]:
+            del store.files[relative]  # deleted to be made again: this run writes it anew
+        if not (store.maps_dir / "zarr.json").is_file():
+            zarr.open_group(str(store.maps_dir), mode="a")
+            store.files[f"{MAPS}/zarr.json"] = file_record(store.maps_dir / "zarr.json")
+        if plan is not None:
+            store.set_plan(plan)
+        store._write_config()
         store.sweep()
     return store
 
 
-def _create_method_folder(folder: Path, config: dict) -> None:
-    """Build the folder under a scratch name and rename it into place: it appears complete or not at all."""
+def _replace(folder: Path, method: str, config: dict, overwrite: bool) -> bool:
+    """Whether the existing method folder is to be replaced, or raise why it may not be.
+
+    Refused only where maps would be lost without ``overwrite``: a folder
+    without any done map is simply replaced.
+    """
+    try:
+        previous = MethodStore(folder)
+        previous.scan()  # its lines must record this config.json
+    except StoreError:
+        if overwrite:
+            return True
+        raise
+    changed = {relative: problem for relative, problem in previous.file_problems().items()
+               if not problem.startswith("missing")}
+    if changed and not overwrite:
+        relative, problem = sorted(changed.items())[0]
+        raise StoreError(f"{folder / relative}: {problem.split(': ', 1)[1]}; {_repair_advice(relative, method)}")
+    if previous.config == config:
+        return bool(changed)
+    if previous.complete_arrays() and not overwrite:
+        changes = "; ".join(_differences(previous.config, config))
+        raise StoreError(
+            f"{folder.parent} holds {method!r} maps computed with another configuration "
+            f"({changes}); rerun with the same options to resume them, or pass "
+            "--overwrite to replace them"
+        )
+    return True
+
+
+def _repair_advice(relative: str, method: str) -> str:
+    """What to do about a changed file of a method folder (``relative`` to it)."""
+    replace = f"rerun with --overwrite to replace the {method!r} maps"
+    if relative.startswith(f"{STATS}/"):
+        return f"delete it to compute the statistics again, or {replace}"
+    if relative.startswith(f"{TRAINED}/"):
+        return (f"rerun with --overwrite to train it again and replace the {method!r} maps, or delete it to train "
+                "it again for the maps not done yet")
+    return f"delete it for the next run to write it again, or {replace}"
+
+
+def _create_method_folder(folder: Path, config: dict, plan: Optional[dict]) -> None:
+    """Build the folder under a scratch name and rename it into place: it appears complete, with its
+    plan, or not at all."""
     scratch = _scratch(folder.parent, folder.name)
     try:
         scratch.mkdir()
-        write_json(scratch / CONFIG, {"config": config, "sha256": config_hash(config)})
         zarr.open_group(str(scratch / MAPS), mode="w")
+        files = {f"{MAPS}/zarr.json": file_record(scratch / MAPS / "zarr.json")}
+        write_json(scratch / CONFIG, seal({"config": config, "sha256": config_hash(config), "plan": plan,
+                                           "files": files}))
         (scratch / INDEX).mkdir()
         fsync_tree(scratch)
         os.replace(scratch, folder)
@@ -234,5 +283,3 @@ def _create_method_folder(folder: Path, config: dict) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     fsync_dir(folder.parent)
-
-

@@ -2,10 +2,12 @@
 
 A run takes ``OUT/<method>.lock`` before it writes anything in ``OUT/<method>``
 and holds it until it ends; the lock is released on return and on any
-exception, Ctrl-C included. The file is created atomically
-(``O_CREAT | O_EXCL``: of two runs that start together, exactly one creates it)
-and holds the holder's host, PID, run id, start time, lease and heartbeat
-time, which a background thread renews every tenth of the lease.
+exception, Ctrl-C and SIGTERM included. The file appears atomically with its
+content (a hard link of a file already written, which fails if the name
+exists: of two runs that start together, exactly one creates it; ``O_CREAT |
+O_EXCL`` where hard links are not supported) and holds the holder's host, PID,
+run id, start time, lease and heartbeat time, which a background thread
+renews every tenth of the lease.
 
 A run that finds the lock held is refused with one line naming the holder,
 unless the lock is stale:
@@ -60,12 +62,12 @@ def read_holder(path) -> Optional[dict]:
     path = Path(path)
     for _ in range(_READ_TRIES):
         try:
-            text = path.read_text()
+            text = path.read_bytes()
         except FileNotFoundError:
             return None
         try:
             holder = json.loads(text)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             holder = None
         if isinstance(holder, dict) and _FIELDS <= holder.keys():
             return holder
@@ -190,26 +192,47 @@ class WriterLock:
         raise StoreError(f"{self.label}: could not take the writer lock {self.path}: other runs keep taking it")
 
     def _create(self) -> bool:
+        """Create the lock file with its content in one step; False if it exists.
+
+        The content is written to a temporary file first and hard-linked to the
+        lock's name (the link fails if the name exists), so a process killed at
+        any moment never leaves an empty lock file. Where hard links are not
+        supported, the file is created with ``O_EXCL`` and then written.
+        """
         now = time.time()
         content = {"host": HOST, "pid": os.getpid(), "run_id": self.run_id, "token": self._token,
                    "started": _iso(now), "heartbeat": now, "lease_s": self.lease_s}
         data = json.dumps(content, sort_keys=True).encode()
+        temporary = self.path.with_name(f".tmp-{secrets.token_hex(4)}-{self.path.name}")
         with disk_space(self.path, len(data)):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            except BaseException:
-                self.path.unlink(missing_ok=True)
-                raise
+                self._write(temporary, data, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                try:
+                    os.link(temporary, self.path)
+                except FileExistsError:
+                    return False
+                except OSError:  # no hard links on this file system
+                    try:
+                        self._write(self.path, data, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                    except FileExistsError:
+                        return False
             finally:
-                os.close(fd)
+                temporary.unlink(missing_ok=True)
             fsync_dir(self.path.parent)
         self._content = content
         return True
+
+    @staticmethod
+    def _write(path: Path, data: bytes, flags: int) -> None:
+        fd = os.open(path, flags, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
 
     def _beat(self) -> None:
         """Renew the heartbeat until released; stop if the lock is no longer ours."""
@@ -239,12 +262,14 @@ class WriterLock:
         """Stop the heartbeat and remove the lock file if it is still ours."""
         if not self.held:
             return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        holder = read_holder(self.path)
-        if holder is not None and holder["token"] == self._token:
-            self.path.unlink(missing_ok=True)
+        try:
+            self._stop.set()
+            self._thread.join()
+        finally:  # a signal while joining must not leave the lock file behind
+            self._thread = None
+            holder = read_holder(self.path)
+            if holder is not None and holder["token"] == self._token:
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> "WriterLock":
         return self if self.held else self.acquire()

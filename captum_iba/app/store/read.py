@@ -5,18 +5,19 @@ See :mod:`captum_iba.app.store` for the layout and what is guaranteed.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import zarr
 
-from .files import MapKey, StoreError, array_problem, method_folders, read_marker
+from .files import LineProblem, MapKey, StoreError, StoreWarning, array_problem, method_folders, read_marker
 from .method import MethodStore
 
-__all__ = ["read_index", "read_maps", "Maps", "method_stores"]
+__all__ = ["read_index", "read_maps", "Maps", "method_stores", "completeness"]
 
 
 def method_stores(out_dir) -> List[MethodStore]:
@@ -25,7 +26,8 @@ def method_stores(out_dir) -> List[MethodStore]:
     Raises
     ------
     StoreError
-        If ``out_dir`` is not a captum-iba store (see :func:`~captum_iba.app.store.files.read_marker`).
+        If ``out_dir`` is not a captum-iba store (see :func:`~captum_iba.app.store.files.read_marker`),
+        or a method's ``config.json`` is missing, unreadable or changed.
     """
     out = Path(out_dir).expanduser()
     read_marker(out)
@@ -49,19 +51,28 @@ def read_index(out_dir) -> List[dict]:
         map lies in ``<method>/maps.zarr``; None until done); done rows also
         have ``written`` (seconds since the epoch) and ``sha256`` (of the
         array's files; absent in stores written before checksums). Sorted by
-        method, batch and row.
+        method, batch and row. Index lines that are damaged are left out,
+        with a :class:`~captum_iba.app.store.files.StoreWarning` naming each
+        file and line.
+
+    Raises
+    ------
+    StoreError
+        As :func:`read_maps`.
     """
     table: Dict[MapKey, dict] = {}
     for store in method_stores(out_dir):
-        live = store.live_arrays()
-        for row in store.rows():
+        rows, problems = store.scan()
+        _warn_left_out(store, problems)
+        live = store.live_arrays(rows)
+        for row in rows:
             key = (row["image_id"], row["method"], row["target"])
             if row["status"] == "started" and key not in table:
                 table[key] = {**row, "shape": None, "row": None}
         for rows in live.values():
             for row in rows:
                 table[(row["image_id"], row["method"], row["target"])] = {
-                    key: value for key, value in row.items() if key not in ("maps", "files")
+                    key: value for key, value in row.items() if key not in ("maps", "files", "config_sha256")
                 }
 
     def position(row: dict) -> tuple:
@@ -137,11 +148,21 @@ def read_maps(out_dir) -> Maps:
         single-output regressor); ``method`` is the method key (``"iba"``,
         ``"regression-deviation"``, ...).
 
+    Warns
+    -----
+    StoreWarning
+        Once per damaged index line, naming its file and line: the maps of its
+        batch are left out (never another image's map in their place); and
+        once if fewer maps than planned are returned (a store not complete
+        yet), saying how many of how many.
+
     Raises
     ------
     StoreError
-        If ``out_dir`` is not such a store; on access, if a map's array is
-        missing, truncated or altered (the message names the array and its path).
+        If ``out_dir`` is not such a store, or a method's ``config.json`` is
+        missing, unreadable, or not the configuration its index lines record;
+        on access, if a map's array is missing, truncated or altered (the
+        message names the array and its path).
 
     Examples
     --------
@@ -150,8 +171,44 @@ def read_maps(out_dir) -> Maps:
     """
     out = Path(out_dir).expanduser()
     locations = {}
+    partial = []
     for store in method_stores(out):
-        for name, rows in store.live_arrays().items():
-            for row in rows:
+        rows, problems = store.scan()
+        _warn_left_out(store, problems)
+        live = store.live_arrays(rows)
+        for name, lines in live.items():
+            for row in lines:
                 locations[(row["image_id"], row["method"], row["target"])] = (store.maps_dir / name, row["row"], row)
+        shortfall = completeness(store, live)
+        if shortfall is not None:
+            partial.append(f"{store.method} {shortfall}")
+    if partial:
+        warnings.warn(f"{out}: not complete: {'; '.join(partial)}; the maps returned are those done so far: rerun the "
+                      "command that wrote it to complete it (captum-iba verify OUT says what is missing)",
+                      StoreWarning, stacklevel=2)
     return Maps(dict(sorted(locations.items(), key=lambda item: (item[0][1], item[1][2]["batch"], item[1][1]))), out)
+
+
+def completeness(store: MethodStore, live: Dict[str, List[dict]], damaged=()) -> Optional[str]:
+    """``"136 of 314 planned maps (17 of 40 batches)"`` if the done batches of ``live`` (less the
+    arrays ``damaged``) fall short of the store's plan; None if complete or no plan was recorded."""
+    if not store.plan:
+        return None
+    done = {name: lines for name, lines in live.items() if name not in damaged}
+    batches = len({lines[0]["batch"] for lines in done.values()} & set(range(store.plan["batches"])))
+    maps = sum(len(lines) for lines in done.values())
+    if batches >= store.plan["batches"]:
+        return None
+    of_batches = f"{batches} of {store.plan['batches']} batches"
+    if store.plan.get("maps") is not None:
+        return f"{maps} of {store.plan['maps']} planned maps ({of_batches})"
+    return f"{of_batches} planned ({maps} maps)"
+
+
+def _warn_left_out(store: MethodStore, problems: List[LineProblem]) -> None:
+    """One warning per damaged index line: the maps of its batch are not returned."""
+    for problem in problems:
+        if problem.damaged:
+            warnings.warn(f"{problem}: this index line is left out, and the maps of its batch with it; "
+                          f"rerun the command that wrote {store.method!r} to compute them again",
+                          StoreWarning, stacklevel=3)

@@ -15,6 +15,7 @@ from PIL import Image
 
 __all__ = [
     "MissingImagesWarning",
+    "UnreadableImageError",
     "existing_folder",
     "first_existing",
     "read_table",
@@ -28,6 +29,10 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 class MissingImagesWarning(UserWarning):
     """Some images listed in a dataset's label file are not on disk and were left out."""
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image); the message names it."""
 
 
 def existing_folder(dataset: str, root) -> Path:
@@ -85,13 +90,21 @@ def read_grey(path: Path) -> np.ndarray:
     Returns
     -------
     ndarray, shape (H, W), float32
+
+    Raises
+    ------
+    UnreadableImageError
+        Naming the file, if it is missing, truncated or not an image.
     """
-    with Image.open(path) as image:
-        if image.mode in _SIXTEEN_BIT_MODES:
-            return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
-        if image.mode == "F":
-            return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as image:
+            if image.mode in _SIXTEEN_BIT_MODES:
+                return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+            if image.mode == "F":
+                return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # what PIL raises on bad files
+        raise UnreadableImageError(f"{path}: unreadable image ({error})") from error
 
 
 def resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
