@@ -18,9 +18,10 @@ refused in every form: ``True`` is not an output index.
 """
 
 from .core import *  # noqa: F401,F403
+from .core import SEED_RANGE
 from .core import __all__ as _core_names
 from .metrics import (BASELINES, check_baseline, check_finite, check_fraction, check_images, check_labels,
                       check_max_examples, check_output_transform, check_same_batch)
 
-__all__ = [*_core_names, "BASELINES", "check_baseline", "check_finite", "check_fraction", "check_images",
+__all__ = [*_core_names, "SEED_RANGE", "BASELINES", "check_baseline", "check_finite", "check_fraction", "check_images",
            "check_labels", "check_max_examples", "check_output_transform", "check_same_batch"]
