@@ -179,7 +179,7 @@ def test_model_input_round_trip():
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((TypeError, ValueError), match=match):  # TypeError for a value of the wrong type
         PhantomCXR(**kwargs)
 
 
