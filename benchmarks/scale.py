@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ENVIRONMENT = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
-from speed import pick_device  # noqa: E402  (beside this file: one device rule for both benchmarks)
+from speed import describe_device, load_average, pick_device, relative_difference, timed  # noqa: E402  (beside this file)
 
 QUICK_OVERRIDES = "size=32,train_images=64,test_images=32,epochs=1"
 
@@ -138,16 +138,6 @@ class PeakMemory:
             self.peak = max(self._max, self._read()) - self._start
 
 
-def _seconds(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def _measured(rows: dict, device, repeats: int) -> dict:
     """Per row: ``(median seconds, result, peak bytes)``.
 
@@ -163,14 +153,10 @@ def _measured(rows: dict, device, repeats: int) -> dict:
     times = {name: [] for name in rows}
     for repeat in range(repeats):
         for name, fn in rows.items():
-            times[name].append(_seconds(fn, device))
+            times[name].append(timed(fn, device))
             print(f"[{repeat + 1}/{repeats}] {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
     return {name: (statistics.median(times[name]), result, memory.peak)
             for name, (result, memory) in results.items()}
-
-
-def _relative(a, b) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
 
 
 def _mib(value) -> str:
@@ -207,14 +193,14 @@ def batch_part(args, device) -> None:
     one_batch = measured[f"N={largest}, internal_batch_size=None"][1]
     rows = []
     for (n, internal), (seconds, maps, peak) in zip(calls, measured.values()):
-        rows.append((n, internal, seconds, peak, None if internal is None else _relative(maps, one_batch)))
+        rows.append((n, internal, seconds, peak, None if internal is None else relative_difference(maps, one_batch)))
 
     memory = "torch.cuda.max_memory_allocated" if device.type == "cuda" else CPU_MEMORY
     print(f"\n### IBA over the batch size: DenseNet-121, {args.size} px, bottleneck after features.denseblock3, "
           f"{args.steps} steps x {args.draws} draws, speed={args.speed!r}\n")
     print(f"Unit: seconds per map (s/map), median of {args.repeats} interleaved call(s); peak memory above the "
-          f"call's start ({memory}), MiB. Device: {_describe(device)}; split {iba.split().mode}; torch "
-          f"{torch.__version__}; load average {_load()}; "
+          f"call's start ({memory}), MiB. Device: {describe_device(device)}; split {iba.split().mode}; torch "
+          f"{torch.__version__}; load average {load_average()}; "
           f"captum_iba from {Path(captum_iba.__file__).parent}.\n")
     print("| N images | internal_batch_size | s/call | s/map | maps/s | peak MiB | diff vs one batch |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -223,23 +209,6 @@ def batch_part(args, device) -> None:
               f"{_mib(peak)} | {'-' if diff is None else format(diff, '.1e')} |")
     print("\ndiff vs one batch: max |map - map of the one-batch call| / max |map|, same seed (the maps of an "
           "internal batch equal those of one batch up to float32 rounding).")
-
-
-def _load() -> str:
-    """The load average (1, 5, 15 minutes): other work on the machine slows every row."""
-    return " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-
-
-def _describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    name = "?"
-    try:
-        with open("/proc/cpuinfo") as info:
-            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"cpu ({name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 # --------------------------------------------------------------------------- processes
@@ -290,8 +259,8 @@ def processes_part(args) -> None:
     print(f"\n### `python -m captum_iba attribute --method iba`: embedded small DenseNet, {size}, {images} phantom "
           f"images, {steps} steps x {draws} noise draws, batches of 8\n")
     print(f"Unit: maps per second of the attribution loop (the store's record) and seconds; torch "
-          f"{torch.__version__}, {cores} CPU cores ({_describe(torch.device('cpu')).split('(', 1)[1].split(',')[0]})"
-          f"{gpu}; load average {_load()}.\n")
+          f"{torch.__version__}, {cores} CPU cores ({describe_device(torch.device('cpu')).split('(', 1)[1].split(',')[0]})"
+          f"{gpu}; load average {load_average()}.\n")
     print("| processes | device | threads/process | maps | loop s | maps/s | wall s |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for row in rows:

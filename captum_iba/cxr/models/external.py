@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._view import ModelView
 from .adapters import InputFormat, outputs_by_name, parse_input_format, parse_outputs
 from ..schema import FINDINGS
 from .timm_and_hf import HF, TIMM, hf_model, native_input_size, timm_model
@@ -189,7 +190,7 @@ def model_from_factory(spec: str, weights: Optional[Union[str, os.PathLike]] = N
 # --- the wrapper ------------------------------------------------------------------------------
 
 
-class ExternalModel(nn.Module):
+class ExternalModel(ModelView):
     """A model seen as the library's chest X-ray classifier: standard images in, 8 logits out.
 
     Use :func:`wrap_model` or :func:`external_model` to build one.
@@ -240,17 +241,11 @@ class ExternalModel(nn.Module):
 
     def __init__(self, model: nn.Module, outputs: Mapping[str, int], input_format: InputFormat,
                  input_size: Optional[int] = None) -> None:
-        super().__init__()
         names = [*model._modules, *model._parameters, *model._buffers]
         clashes = [name for name in names if name in self._OWN or hasattr(nn.Module, name)]
         if clashes:
             raise ValueError(f"model: its top-level layer name(s) {clashes} clash with the wrapper's attributes")
-        # Share, not copy: the same dicts, so what acts on the wrapper acts on the model.
-        self._modules = model._modules
-        self._parameters = model._parameters
-        self._buffers = model._buffers
-        self._non_persistent_buffers_set = model._non_persistent_buffers_set
-        object.__setattr__(self, "_wrapped", model)  # not a child: its children are ours already
+        super().__init__(model)
         self.output_index = {finding: outputs[finding] for finding in FINDINGS if finding in outputs}
         self.findings = FINDINGS
         self.missing_findings = tuple(finding for finding in FINDINGS if finding not in outputs)
@@ -258,16 +253,6 @@ class ExternalModel(nn.Module):
         self.input_size = input_size
         self.task = "nih"
         self.train(model.training)
-
-    @property
-    def wrapped(self) -> nn.Module:
-        """The user's model."""
-        return self._wrapped
-
-    def train(self, mode: bool = True) -> "ExternalModel":
-        super().train(mode)
-        self._wrapped.training = mode  # its children share ours; its own flag does not
-        return self
 
     def forward(self, images: Tensor) -> Tensor:
         if self.input_size is not None:

@@ -18,6 +18,8 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor, nn
 
+from ._view import ModelView
+
 TIMM, HF = "timm:", "hf:"
 
 __all__ = ["TIMM", "HF", "timm_model", "hf_model", "HFLogits", "native_input_size"]
@@ -93,31 +95,14 @@ def _classifier_size(state: dict) -> Optional[int]:
     return None
 
 
-class HFLogits(nn.Module):
-    """A HuggingFace image classifier that returns its logits tensor, under the model's own layer names.
-
-    Shares the model's children (as :class:`~captum_iba.cxr.models.external.ExternalModel`
-    does), so ``vit.encoder.layer.6`` is a layer of this module too.
-    """
+class HFLogits(ModelView):
+    """A HuggingFace image classifier that returns its logits tensor, under the model's own layer names
+    (a :class:`~captum_iba.cxr.models._view.ModelView`: ``vit.layers.6`` is a layer of this module too)."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self._modules = model._modules
-        self._parameters = model._parameters
-        self._buffers = model._buffers
-        self._non_persistent_buffers_set = model._non_persistent_buffers_set
-        object.__setattr__(self, "_wrapped", model)  # not a child: its children are ours already
+        super().__init__(model)
         object.__setattr__(self, "config", model.config)
         self.train(model.training)
-
-    @property
-    def wrapped(self) -> nn.Module:
-        return self._wrapped
-
-    def train(self, mode: bool = True) -> "HFLogits":
-        super().train(mode)
-        self._wrapped.training = mode
-        return self
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return self._wrapped.forward(pixel_values=pixel_values).logits
