@@ -263,3 +263,22 @@ def test_sensitivity_n_with_a_baseline_and_classification(linear_case):
 def test_sensitivity_n_of_every_pixel_is_undefined(linear_case):
     model, inputs, attributions, _ = linear_case
     assert sensitivity_n(model, inputs, attributions, n=PIXELS, num_masks=3).isnan().all()
+
+
+def test_the_metrics_run_a_train_mode_model_in_eval_mode_and_leave_it_as_found():
+    """BatchNorm's running statistics unchanged, dropout off (two calls agree), the train flag kept."""
+    from captum_iba.metrics import insertion_deletion, sensitivity_n
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.5), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2)).train()
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    maps = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = insertion_deletion(model, images, maps, target=1, n_steps=4, output_transform="softmax")
+    second = insertion_deletion(model, images, maps, target=1, n_steps=4, output_transform="softmax")
+    assert torch.equal(first.insertion_auc, second.insertion_auc) and torch.equal(first.deletion_auc, second.deletion_auc)
+    sensitivity_n(model, images, maps, n=[4], num_masks=3, target=1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and all(m.training for m in model.modules())

@@ -5,6 +5,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .._engine.frozen import frozen_model
 from .._validate import check_output, select_targets
 from ..maps import as_map_batch, gaussian_blur as blur_images, resize_map
 
@@ -70,20 +71,25 @@ def score_perturbations(
     -------
     scores : torch.Tensor
         (M,), the transformed output of each item at its target.
+
+    The model runs in eval mode without gradients (a train-mode model would
+    update BatchNorm's running statistics and drop units at random) and is
+    left exactly as found, as the attributions leave it.
     """
     n_items = len(sample_ids)
     batch_size = max_examples_per_batch or n_items
     scores = []
     starts = range(0, n_items, batch_size)
-    for start in tqdm(starts, desc=description, disable=not progress, leave=False):
-        items = torch.arange(start, min(start + batch_size, n_items))
-        samples = sample_ids[items]
-        extra = tuple(
-            arg[samples.to(arg.device)] if isinstance(arg, torch.Tensor) else arg
-            for arg in additional_forward_args
-        )
-        outputs = check_output(forward_func(build_inputs(items), *extra))
-        scores.append(_select_scores(transform(outputs), target, samples))
+    with frozen_model(forward_func), torch.no_grad():
+        for start in tqdm(starts, desc=description, disable=not progress, leave=False):
+            items = torch.arange(start, min(start + batch_size, n_items))
+            samples = sample_ids[items]
+            extra = tuple(
+                arg[samples.to(arg.device)] if isinstance(arg, torch.Tensor) else arg
+                for arg in additional_forward_args
+            )
+            outputs = check_output(forward_func(build_inputs(items), *extra))
+            scores.append(_select_scores(transform(outputs), target, samples))
     return torch.cat(scores)
 
 
