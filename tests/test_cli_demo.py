@@ -10,17 +10,19 @@ from _realdata import NIH_IMAGES
 from captum_iba.app.cli import main
 from captum_iba.cxr import FINDINGS, small_densenet
 from captum_iba.cxr.models.checkpoints import save_model
+from captum_iba.app.report.claims import VERDICTS
 from captum_iba.app.report.paper import CLAIMS
+from captum_iba.app.report.redundant import REDUNDANT_METHODS
 from captum_iba.app.methods import METHODS
 from captum_iba.app.report.vit import VIT_METHODS
 
 TINY = ["--size", "32", "--train-images", "64", "--epochs", "1", "--images", "4", "--auc-images", "16",
         "--steps", "2", "--insertion-steps", "4", "--sensitivity-masks", "4", "--extremal-iterations", "2",
-        "--quiet"]
+        "--redundant-images", "3", "--quiet"]
 FIGURES = ["fig1_inverse_vs_iba.png", "fig2_insertion_deletion.png", "fig3a_regression.png",
            "fig3b_sensitivity_n.png", "fig3b_sensitivity_cells.png", "fig4_methods.png", "sweep_layers.png"]
 TABLES = ["table1_nih.csv", "table2_detectors.csv", "table3_bce_vs_weighted.csv", "severity_pcc.csv",
-          "sweep_layers.csv", "cue_methods.csv"]
+          "sweep_layers.csv", "cue_methods.csv", "redundant_methods.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +72,25 @@ def test_every_table_and_figure_with_finite_numbers_for_every_method(demo_runs):
     assert set(cue["intervention"]) == {"nih_cue", "nih_cue_clean", "nih_cue_weighted_bce"}
     assert set(cue["methods"]) == {"iba", "inverse", "saliency", "integrated_gradients"}
     assert results["layers"]["bottleneck"] in sweep["stages"]  # chosen by the map's resolution
-    assert {c["verdict"] for c in results["claims"]} <= {"held", "did not hold", "not measurable here"}
+    assert {c["verdict"] for c in results["claims"]} <= set(VERDICTS)
     vit = results["vit"]  # the ViT study: every method of it has finite scores on the patch grid
     assert sorted(vit["scores"]) == sorted(VIT_METHODS) and vit["layers"]["layer"] == "blocks.2"
     assert all(_finite(v["iou"]) for v in vit["scores"].values())
     assert vit["layers"]["layout"].startswith("tokens (N, 17, 64): 1 class token, then a 4x4 patch grid")
     assert _finite(vit["severity"]["pcc"]["regression"]) and "random" in vit["severity"]["pcc"]
+    redundant = results["redundant"]["findings"]
+    assert {name: entry["rule"] for name, entry in redundant.items()} == {"Mass": "or", "Effusion": "and"}
+    for entry in redundant.values():
+        assert entry["pairs"] == 3 and set(entry["methods"]) == set(REDUNDANT_METHODS)
+        assert all(_finite(row["reached"]) and _finite(row["drop"]) for row in entry["methods"].values())
+    sufficiency = next(c for c in results["claims"] if c["id"] == "inverse_all_regions")
+    assert sufficiency["measured"].startswith("OR (Mass, 3 pairs")
+    assert "AND (Effusion, 3 pairs" in sufficiency["measured"]
+    assert sufficiency["verdict"] == "too few pairs"
     report = (out / "report.md").read_text()
     for heading in ("Table 1", "Table 2", "Table 3", "Severity-map correlation", "Sensitivity-N",
                     "The Vision Transformer", "Severity-map correlation, ViT regressor",
-                    "claims", "Seconds per map", "Figures"):
+                    "Sufficient or all evidence", "claims", "Seconds per map", "Figures"):
         assert heading in report, heading
     for name in FIGURES:
         assert f"({name})" in report
@@ -92,7 +103,8 @@ def test_same_seed_same_numbers(demo_runs):
             for scores in results[study]["scores"].values():
                 scores.pop("seconds_per_map")
                 scores.pop("warmup_seconds")
-        return {k: results[k] for k in ("nih", "detectors", "regression", "table3", "claims", "sweep", "cue")}
+        return {k: results[k] for k in ("nih", "detectors", "regression", "table3", "claims", "sweep", "cue",
+                                        "redundant")}
 
     assert numbers(demo_runs[0]) == numbers(demo_runs[1])
 

@@ -41,7 +41,9 @@ def results_dict():
                    "auc_images": 16},
         "regression": {"images": 4, "scores": regression},
         "claims": [{"id": "a", "claim": "A claim", "source": "Table 9", "published": "0.2",
-                    "measured": "x 0.100", "verdict": "held"}],
+                    "measured": "x 0.100", "verdict": "held", "experiment": ""},
+                   {"id": "b", "claim": "B claim", "source": "Fig. 9", "published": "0.3",
+                    "measured": "no premise", "verdict": "not testable here", "experiment": "a study with it"}],
         "figures": {"fig2_insertion_deletion": "fig2_insertion_deletion.png"},
     }
 
@@ -82,6 +84,7 @@ def test_report_sections_say_what_was_measured(tmp_path):
     assert "Seed 3;" in text and "16 steps" in text and "Hand-made results." in text
     assert f"| {METHODS['inverse'].label} | 0.375 | 0.088 | 0.475 |" in text
     assert "| A claim | Table 9 | 0.2 | x 0.100 | **held** |" in text
+    assert "| no premise | **not testable here** (would be tested by a study with it) |" in text
     assert "![fig2_insertion_deletion](fig2_insertion_deletion.png)" in text
     # The notes name the layers the run used, not the library defaults.
     assert "Grad-CAM at `block.c`" in text and "`block.a`, `block.b`" in text
@@ -92,6 +95,40 @@ def test_report_sections_say_what_was_measured(tmp_path):
     assert row.startswith(f"| {METHODS['gradcam'].label} | 0.010 | 0.020 |") and "| 0.250 |" in row
     assert "first call" in seconds  # the warm-up call, apart from the rate
     assert "random map" not in seconds
+
+
+def redundant_section(tmp_path, follows=True):
+    def entry(rule, iba, inverse):
+        methods = {name: {"reached": reached, "both_reached": reached, "heavier_share": 0.75, "drop": reached / 2,
+                          "drop_se": 0.01} for name, reached in (("iba", iba), ("inverse", inverse))}
+        check = {"full": 0.9, "without_left": 0.8, "without_right": 0.7, "without_both": 0.1,
+                 "one_removed_drop": 0.15, "both_removed_drop": 0.8}
+        return {"rule": rule, "pairs": 20, "follows_rule": follows, "model_check": check, "methods": methods}
+
+    results = results_dict()
+    results["redundant"] = {"findings": {"Mass": entry("or", 0.5, 1.0), "Effusion": entry("and", 1.0, 0.5),
+                                         "Nodule": {"rule": "or", "pairs": 0}},
+                            "threshold": "otsu", "reached_fraction": 0.25, "rule_share": 0.5, "detected_drop": 0.3}
+    results["nih"]["coverage"] = {"iba": {"coverage": 0.9, "pairs": 7}, "inverse": {"coverage": 1.0, "pairs": 7}}
+    write_report(results, str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    return text[text.index("## Sufficient or all evidence"):text.index("## The paper's claims")]
+
+
+def test_the_redundant_evidence_section(tmp_path):
+    section = redundant_section(tmp_path)
+    assert section.startswith("## Sufficient or all evidence: findings drawn in two parts (40 held-out images)")
+    assert ("in each lung: Mass (either lesion is the finding, OR), Effusion (both parts make the finding, "
+            "AND)") in section
+    assert "| Mass (OR; follows it, 20 images) | 0.900 | 0.800 | 0.700 | 0.100 | 0.150 | 0.800 |" in section
+    assert "| Nodule" not in section  # no image with both parts: no row
+    assert f"| {METHODS['iba'].label} | 0.500 | 0.500 | 0.750 | 0.250 | 0.010 | 1.000 | 1.000 |" in section
+    assert ("on Mass (OR) IBA reaches 0.500 of the parts and removing them drops the output by 0.250, "
+            "Inverse IBA 1.000 and 0.500") in section
+    assert "over 7 pairs: Inverse IBA reaches 1.000 of the places, IBA 0.900" in section
+    rows = read_csv(tmp_path / "redundant_methods.csv")
+    assert rows[0][:3] == ["method", "Mass reached", "Mass both_reached"] and len(rows) == 3
+    assert "does NOT follow it" in redundant_section(tmp_path, follows=False)
 
 
 def test_a_section_left_out_says_why(tmp_path):

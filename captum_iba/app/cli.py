@@ -307,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the layer sweep on every study image (default: a reduced sweep on 8 images)")
     demo.add_argument("--no-cue", dest="cue", action="store_false",
                       help="leave out the cue study (and the training of its three models on a first run)")
+    demo.add_argument("--no-redundant", dest="redundant", action="store_false",
+                      help="leave out the redundant-evidence study (and the training of its model on a first run)")
+    demo.add_argument("--redundant-images", type=int, default=None,
+                      help="images per two-part finding of the redundant-evidence study (default: --images, "
+                           "at least the pairs a claim's verdict needs)")
     demo.set_defaults(run=run_demo)
 
     evaluate = commands.add_parser("evaluate", help="the evaluation on a real dataset and checkpoint",

@@ -19,6 +19,8 @@ __all__ = ["run_demo", "run_evaluate", "run_train"]
 REDUCED_SWEEP_IMAGES = 8
 #: Held-out phantom items searched for images that carry the cue (not rendered until chosen).
 CUE_POOL = 1000
+#: Held-out phantom items searched for images that show both parts of a two-part finding.
+REDUNDANT_POOL = 1000
 
 
 def _settings(args) -> EvaluationSettings:
@@ -43,13 +45,15 @@ def _print_summary(results: dict, out: str) -> None:
 def run_demo(args) -> int:
     """The paper's evaluation on the embedded phantom and its models."""
     from ..cxr import EMBEDDED_MODELS, PhantomCXR, load_embedded_model
-    from ..cxr.models.embedded import CUE_FINDING, CUE_MODELS, VIT_MODELS
+    from ..cxr.models.embedded import CUE_FINDING, CUE_MODELS, REDUNDANT_MODELS, REDUNDANT_PHANTOM, VIT_MODELS
     from .report.render import ReportInputs, run_report
+    from .report.studies import MIN_CLAIM_PAIRS
 
     overrides = {k: v for k, v in (("size", args.size), ("train_images", args.train_images),
                                    ("test_images", args.train_images), ("epochs", args.epochs)) if v}
     models = {}
-    for name in (*EMBEDDED_MODELS, *(CUE_MODELS if args.cue else ()), *(VIT_MODELS if _has_timm() else ())):
+    for name in (*EMBEDDED_MODELS, *(CUE_MODELS if args.cue else ()), *(REDUNDANT_MODELS if args.redundant else ()),
+                 *(VIT_MODELS if _has_timm() else ())):
         models[name] = load_embedded_model(name, progress=not args.quiet, **overrides)
         print(f"model {name}: {_quality(models[name].metrics)}")
     size = models["nih_bce"].input_size
@@ -57,6 +61,9 @@ def run_demo(args) -> int:
     auc_images = max(args.images, args.auc_images)
     sweep_images = args.images if args.full else min(args.images, REDUCED_SWEEP_IMAGES)
     sweep_kind = "complete" if args.full else "reduced: `captum-iba demo --full` runs it on every study image"
+    # The cue and redundant-evidence studies are claims' tests: at least the pairs a verdict needs.
+    cue_images = max(args.images, MIN_CLAIM_PAIRS)
+    redundant_images = args.redundant_images or cue_images
     inputs = ReportInputs(
         models=models,
         nih=PhantomCXR(auc_images, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih"),
@@ -68,14 +75,18 @@ def run_demo(args) -> int:
         description=(f"Embedded default: the procedural chest X-ray phantom at {size} px and the embedded "
                      f"models trained on it (captum_iba.cxr). Evaluated on held-out phantom images "
                      f"(seed {HELD_OUT_PHANTOM_SEED}): {args.images} per study, {auc_images} for AUC/AP, "
-                     f"{sweep_images} for the layer sweep ({sweep_kind}). "
+                     f"{sweep_images} for the layer sweep ({sweep_kind}), {cue_images} for the cue study, "
+                     f"{redundant_images} per two-part finding for the redundant-evidence study. "
                      f"Command: `captum-iba demo --images {args.images} --seed {args.seed}"
                      f"{' --full' if args.full else ''}`."),
         suite_options={**_suite_options(args), **layers.suite_options()},
         sweep_images=sweep_images,
         cue=PhantomCXR(CUE_POOL, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih", cue=CUE_FINDING)
         if args.cue else None,
-        cue_images=args.images,
+        cue_images=cue_images,
+        redundant=PhantomCXR(REDUNDANT_POOL, size=size, seed=HELD_OUT_PHANTOM_SEED, task="nih", **REDUNDANT_PHANTOM)
+        if args.redundant else None,
+        redundant_images=redundant_images,
     )
     results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
     _print_summary(results, args.out)

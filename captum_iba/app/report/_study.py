@@ -56,6 +56,12 @@ class ReportInputs:
         ``"nih_cue_weighted_bce"`` for the weighted-BCE claim).
     cue_images : int
         Images of the cue study.
+    redundant : PhantomCXR, optional
+        Held-out phantom items with two-part findings
+        (:data:`~captum_iba.cxr.models.embedded.REDUNDANT_PHANTOM`), for the
+        redundant-evidence study with the model ``"nih_redundant"``.
+    redundant_images : int
+        Images per two-part finding of that study (each shows both parts).
     """
 
     models: Dict[str, nn.Module]
@@ -70,6 +76,8 @@ class ReportInputs:
     sweep_images: int = 0
     cue: Optional[Dataset] = None
     cue_images: int = 16
+    redundant: Optional[Dataset] = None
+    redundant_images: int = 20
 
 
 def images_of(dataset: Dataset, n: int) -> List[int]:

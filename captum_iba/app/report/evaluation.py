@@ -8,7 +8,7 @@
   insertion/deletion AUC (Fig. 2) per method.
 * :func:`regression_scores` -- severity-map PCC and sensitivity-N (Fig. 3).
 * :func:`component_coverage` -- for findings drawn in two places, how many of
-  the places a thresholded map reaches (Inverse IBA's claim).
+  the places a thresholded map reaches (Fig. 1).
 
 Results are plain dicts of floats (JSON-ready). The studies that put these
 together are :mod:`captum_iba.app.report.studies`; :mod:`captum_iba.app.report.render`
@@ -76,6 +76,9 @@ class Pairs:
     image_ids : list of str
     class_names : list of str
         Name of each output index.
+    regions : Tensor of bool (P, H, W), optional
+        Where the ground truth can lie (BrixIA: the lung fields), for the
+        IoU of a map that marks all of it.
     """
 
     images: Tensor
@@ -83,6 +86,7 @@ class Pairs:
     masks: Tensor
     image_ids: List[str]
     class_names: Sequence[str]
+    regions: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -91,7 +95,20 @@ class Pairs:
         """The pairs at ``indices``, in that order."""
         index = torch.as_tensor(list(indices), dtype=torch.long)
         return Pairs(self.images[index], self.targets[index], self.masks[index],
-                     [self.image_ids[i] for i in index.tolist()], self.class_names)
+                     [self.image_ids[i] for i in index.tolist()], self.class_names,
+                     None if self.regions is None else self.regions[index])
+
+    def class_counts(self) -> Dict[str, int]:
+        """Pairs per output name."""
+        counts = torch.bincount(self.targets, minlength=len(self.class_names)).tolist()
+        return dict(zip(self.class_names, counts))
+
+    def region_iou(self) -> Dict[str, float]:
+        """Per output name, the mean IoU of a map marking all of ``regions`` (NaN where no pair)."""
+        overlap = (self.regions & self.masks).flatten(1).sum(1).float()
+        union = (self.regions | self.masks).flatten(1).sum(1).float().clamp(min=1)
+        iou = overlap / union
+        return {name: _mean(iou[self.targets == k]) for k, name in enumerate(self.class_names)}
 
     def multipart(self) -> List[int]:
         """Indices of the pairs whose ground truth has two or more separate parts."""
@@ -123,8 +140,8 @@ def finding_pairs(dataset, indices: Sequence[int], class_names: Sequence[str]) -
 
 
 def detector_pairs(dataset, indices: Sequence[int], class_names: Sequence[str]) -> Pairs:
-    """One pair per positive BrixIA detector: the zones scored 3, 2, or 0-1."""
-    images, targets, masks, ids = [], [], [], []
+    """One pair per positive BrixIA detector: the zones scored 3, 2, or 0-1; the regions are the lung fields."""
+    images, targets, masks, ids, lungs = [], [], [], [], []
     for index in indices:
         item = dataset[index]
         scores = item["zone_scores"]
@@ -136,13 +153,14 @@ def detector_pairs(dataset, indices: Sequence[int], class_names: Sequence[str]) 
                 targets.append(k)
                 masks.append(mask)
                 ids.append(item["image_id"])
-    return _pairs(images, targets, masks, ids, class_names)
+                lungs.append(item["zone_masks"].any(0))
+    return _pairs(images, targets, masks, ids, class_names, torch.stack(lungs) if lungs else None)
 
 
-def _pairs(images, targets, masks, ids, class_names) -> Pairs:
+def _pairs(images, targets, masks, ids, class_names, regions=None) -> Pairs:
     if not images:
         raise ValueError("the evaluation items hold no positive finding to explain: use more images")
-    return Pairs(torch.stack(images), torch.tensor(targets), torch.stack(masks), ids, list(class_names))
+    return Pairs(torch.stack(images), torch.tensor(targets), torch.stack(masks), ids, list(class_names), regions)
 
 
 @dataclass

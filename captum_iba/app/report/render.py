@@ -27,7 +27,7 @@ from ..methods import METHODS
 from . import paper
 from .claims import MARGIN, claims, fmt
 from .evaluation import IOU_THRESHOLD, EvaluationSettings
-from .studies import ReportInputs, run_studies, method_label
+from .studies import MIN_CLAIM_PAIRS, ReportInputs, run_studies, method_label
 
 __all__ = ["ReportInputs", "run_report", "write_report", "markdown_table", "headline_table"]
 
@@ -246,7 +246,8 @@ def _regression(results: dict):
 
 def _failures(results: dict):
     lines = [f"- {METHODS[name].label} on the {study} study: {error}"
-             for study in ("nih", "detectors", "regression") for name, error in results.get(study, {}).get("failed", {}).items()]
+             for study in ("nih", "detectors", "regression", "redundant")
+             for name, error in results.get(study, {}).get("failed", {}).items()]
     if not lines:
         return [], []
     return ["## Methods that could not explain this model", "",
@@ -257,9 +258,13 @@ def _claims(results: dict):
     if not results["claims"]:
         return [], []
     lines = ["## The paper's claims, measured here", "",
-             f"Paper: {paper.CITATION}. A comparison holds only beyond a margin of {MARGIN}.", "",
+             f"Paper: {paper.CITATION}. A comparison holds only beyond its margin (stated per row; {MARGIN} unless "
+             f"said) and on at least {MIN_CLAIM_PAIRS} pairs (else \"too few pairs\"). A claim whose premise the "
+             "data lack is \"not testable here\", with the rule that found it so and the experiment that would "
+             "test it.", "",
              "| claim | where | the paper | measured here | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['source']} | {c['published']} | {c['measured']} | **{c['verdict']}** |"
+    lines += [f"| {c['claim']} | {c['source']} | {c['published']} | {c['measured']} | **{c['verdict']}**"
+              + (f" (would be tested by {c['experiment']})" if c["experiment"] else "") + " |"
               for c in results["claims"]]
     return lines + [""], []
 
@@ -304,6 +309,56 @@ def _cue(results: dict):
                   f"(weighted BCE) vs {fmt(weighted['bce'])} (BCE); intervention drop "
                   f"{fmt(drops['nih_cue_weighted_bce']['drop'])} vs {fmt(drops['nih_cue']['drop'])}.", ""]
     return lines, [("cue_methods.csv", methods, ["cue_model", "clean_model", "difference", "difference_se"])]
+
+
+def _redundant(results: dict):
+    study = results.get("redundant")
+    if not study:
+        return [], []
+    findings = {name: entry for name, entry in study["findings"].items() if entry["pairs"]}
+    rules = {name: entry["rule"].upper() for name, entry in study["findings"].items()}
+    total = sum(entry["pairs"] for entry in study["findings"].values())
+    lines = [f"## Sufficient or all evidence: findings drawn in two parts ({total} held-out images)", "",
+             "`nih_redundant` is trained on phantom images with findings drawn as one lesion in each lung: "
+             + ", ".join(f"{name} ({'either lesion is' if rule == 'OR' else 'both parts make'} the finding, {rule})"
+                         for name, rule in rules.items())
+             + ". The study's images show both parts. Intervention: the "
+             "finding's probability as drawn and with parts removed (the chest drawn behind them); the model "
+             f"follows OR when removing one costs under {study['rule_share']} of what removing both costs, AND "
+             f"when it costs more (removing both must cost at least {study['detected_drop']}):", ""]
+    checks = {f"{name} ({rules[name]}; {'follows it' if entry['follows_rule'] else 'does NOT follow it'}, "
+              f"{entry['pairs']} images)": entry["model_check"] for name, entry in findings.items()}
+    check_columns = ["full", "without_left", "without_right", "without_both", "one_removed_drop", "both_removed_drop"]
+    columns = [f"{name} {key}" for name in findings
+               for key in ("reached", "both_reached", "heavier_share", "drop", "drop_se")]
+    methods: Dict[str, dict] = {}
+    for name, entry in findings.items():
+        for method, values in entry["methods"].items():
+            methods.setdefault(METHODS[method].label, {}).update({f"{name} {k}": v for k, v in values.items()})
+    lines += [markdown_table(checks, check_columns), "",
+              f"Per method: the share of the parts its map reaches (thresholded with `{study['threshold']}`; a part "
+              f"is reached when the map covers {study['reached_fraction']} of its pixels), how often it reaches "
+              "both, the share of its mass on the parts that lies on the heavier part (0.5: both alike, 1: one "
+              "only; no threshold), and the drop of the probability when exactly the parts it reaches are removed "
+              "(with its standard error over the images):", "", markdown_table(methods, columns), ""]
+    if {"iba", "inverse"} <= set(next(iter(findings.values()), {}).get("methods", {})):
+        sentences = []
+        for name, entry in findings.items():
+            iba, inverse = entry["methods"]["iba"], entry["methods"]["inverse"]
+            sentences.append(f"on {name} ({rules[name]}) IBA reaches {fmt(iba['reached'])} of the parts and removing "
+                             f"them drops the output by {fmt(iba['drop'])}, Inverse IBA {fmt(inverse['reached'])} "
+                             f"and {fmt(inverse['drop'])}")
+        lines += ["A sufficient region is one lesion of an OR finding: its removal keeps the output. All the "
+                  "evidence is both lesions: their removal drops it. Of an AND finding, a sufficient region holds "
+                  "both parts, while removing either part already drops the output. Here "
+                  + "; ".join(sentences) + ".", ""]
+    coverage = results.get("nih", {}).get("coverage")
+    if coverage:
+        lines += [f"On the plain phantom, findings drawn in two places (bilateral effusion, two nodules; not "
+                  f"checked as OR or AND) over {coverage['inverse']['pairs']} pairs: Inverse IBA reaches "
+                  f"{fmt(coverage['inverse']['coverage'])} of the places, IBA {fmt(coverage['iba']['coverage'])} "
+                  "(any pixel of a place counts; Fig. 1).", ""]
+    return lines, [("redundant_methods.csv", methods, columns)]
 
 
 def _timings(results: dict):
@@ -362,8 +417,8 @@ def _notes(results: dict):
             *where, ""], []
 
 
-SECTIONS = (_head, _headline, _table1, _table2, _table3, _regression, _vit, _sweep, _cue, _failures, _claims, _timings, _figures,
-            _notes)
+SECTIONS = (_head, _headline, _table1, _table2, _table3, _regression, _vit, _sweep, _cue, _redundant, _failures, _claims,
+            _timings, _figures, _notes)
 
 
 def write_report(results: dict, out_dir: str) -> None:

@@ -13,6 +13,17 @@ co-occurs with that finding at set rates. A model trained on such data can
 learn the marker instead of (or besides) the finding, which gives a ground
 truth of what the model uses (:mod:`captum_iba.cxr.phantom.cue`). The cue has its own
 random stream, so the same item drawn without it differs only inside its mask.
+
+With ``redundant=`` or ``conjunctive=`` finding names, those findings are
+drawn in two *parts*, one lesion of their kind in each lung. A redundant
+finding's label needs either part (OR: each lesion alone is the finding; some
+of its images show one, some both); a conjunctive finding's label needs both
+(AND: some images without it show one part alone, a decoy labelled 0). A
+model trained on such data gives a ground truth of *sufficient* evidence (one
+lesion of a redundant finding) against *all* the evidence (both), which is
+what IBA and Inverse IBA are said to find. Each part has its own random
+stream, so an item drawn without a part (:meth:`PhantomCXR.item` with
+``omit_parts``) differs only inside that part's mask.
 """
 
 from __future__ import annotations
@@ -27,12 +38,13 @@ from torch.utils.data import Dataset
 
 from ._shapes import Array
 from .anatomy import draw_anatomy
-from .findings import draw_findings
+from .findings import TWO_PART_FINDINGS, draw_findings
 from ..._validate import check_positive_int
 from ..schema import FINDINGS, ZONES, detectors_from_zone_scores, to_model_input
 from .zones import draw_zone_opacities, sample_zone_scores, zone_masks
 
-__all__ = ["DEFAULT_SIZE", "PHANTOM_VERSION", "DEFAULT_PREVALENCE", "DEFAULT_CUE_RATES", "CUE_DENSITY", "PhantomCXR"]
+__all__ = ["DEFAULT_SIZE", "PHANTOM_VERSION", "DEFAULT_PREVALENCE", "DEFAULT_CUE_RATES", "CUE_DENSITY",
+           "BOTH_PARTS_RATE", "DECOY_RATE", "PhantomCXR"]
 
 #: Image side (pixels) of the phantom by default and of the embedded models: small enough
 #: for the four models to train in about three minutes and for attribution benchmarks to
@@ -62,13 +74,21 @@ DEFAULT_PREVALENCE: Mapping[str, float] = MappingProxyType(
 
 _TASKS = ("nih", "brixia")
 # Random streams of one item (the third entry of its seed).
-_ANATOMY, _CHOICE, _LOOK, _EXPOSURE, _CUE = range(5)
+_ANATOMY, _CHOICE, _LOOK, _EXPOSURE, _CUE, _PARTS = range(6)
 
 #: Default rates of the cue: on 95 % of the images with its finding, 5 % of those without.
 DEFAULT_CUE_RATES = (0.95, 0.05)
 
 #: Density of the cue marker: lead, far denser than bone, so it shows nearly white.
 CUE_DENSITY = 3.0
+
+#: Share of a redundant finding's images that show both of its lesions; the others show one,
+#: in either lung equally often, so that a model learns each lesion alone as the finding.
+BOTH_PARTS_RATE = 0.5
+
+#: Share of the images without a conjunctive finding that show one of its parts alone (a
+#: decoy, labelled 0), so that a model learns that one part is not the finding.
+DECOY_RATE = 0.3
 
 
 def _rng(seed: int, index: int, stream: int, *extra: int) -> np.random.Generator:
@@ -117,6 +137,14 @@ def _cue_rates(rates: Sequence[float]) -> Tuple[float, float]:
     return values
 
 
+def _two_part(findings: Any, option: str) -> Tuple[str, ...]:
+    names = (findings,) if isinstance(findings, str) else tuple(findings)
+    unknown = [name for name in names if name not in TWO_PART_FINDINGS]
+    if unknown:
+        raise ValueError(f"{option}: expected finding names of {TWO_PART_FINDINGS}, got {unknown}")
+    return tuple(name for name in FINDINGS if name in names)
+
+
 def _prevalence_array(prevalence: Optional[Mapping[str, float]]) -> Array:
     merged = dict(DEFAULT_PREVALENCE)
     if prevalence is not None:
@@ -157,6 +185,18 @@ class PhantomCXR(Dataset):
         of a phantom without the option.
     cue_rates : (float, float), default (0.95, 0.05)
         The cue's rates with and without its finding.
+    redundant : str or collection of str, default ()
+        NIH task only: findings (of
+        :data:`~captum_iba.cxr.phantom.findings.TWO_PART_FINDINGS`) drawn as
+        two lesions, one per lung, either of which is the finding (its label
+        is the OR of its parts). An image with the finding shows both lesions
+        with probability :data:`BOTH_PARTS_RATE`, else one.
+    conjunctive : str or collection of str, default ()
+        NIH task only: findings drawn as two parts, one per lung, both of
+        which make the finding (its label is the AND of its parts). An image
+        with the finding shows both; one without it shows one part alone with
+        probability :data:`DECOY_RATE`. Neither option (the default) adds keys:
+        the items are those of a phantom without them.
 
     Notes
     -----
@@ -175,6 +215,13 @@ class PhantomCXR(Dataset):
     With a cue, NIH-like items also have ``cue`` (float32 scalar, 1 if the
     cue is drawn) and ``cue_mask`` (H x W bool, the pixels it changed; empty
     without the cue).
+
+    With two-part findings (``redundant`` or ``conjunctive``, listed in
+    :attr:`two_part` in the order of ``FINDINGS``), NIH-like items also have
+    ``parts`` (T x 2 float32 0/1: which parts are drawn, image-left lung
+    first) and ``part_masks`` (T x 2 x H x W bool: the pixels of each part,
+    empty where not drawn). ``masks`` and ``boxes`` hold a two-part finding
+    only where its label is 1: a decoy part is in ``part_masks`` alone.
     """
 
     def __init__(
@@ -187,6 +234,8 @@ class PhantomCXR(Dataset):
         max_findings: int = 3,
         cue: Optional[str] = None,
         cue_rates: Sequence[float] = DEFAULT_CUE_RATES,
+        redundant: Any = (),
+        conjunctive: Any = (),
     ) -> None:
         self.n = check_positive_int(n, "n", minimum=0)
         self.size = check_positive_int(size, "size", minimum=32)
@@ -200,6 +249,14 @@ class PhantomCXR(Dataset):
             raise ValueError(f"cue: expected a finding name of {FINDINGS} on the nih task, got {cue!r} ({task})")
         self.cue = cue
         self.cue_rates = _cue_rates(cue_rates)
+        self.redundant, self.conjunctive = _two_part(redundant, "redundant"), _two_part(conjunctive, "conjunctive")
+        if set(self.redundant) & set(self.conjunctive):
+            raise ValueError(f"redundant, conjunctive: a finding is one or the other, got "
+                             f"{sorted(set(self.redundant) & set(self.conjunctive))} in both")
+        if task != "nih" and (self.redundant or self.conjunctive):
+            raise ValueError(f"redundant, conjunctive: two-part findings need the nih task, got {task!r}")
+        #: The two-part findings, in the order of FINDINGS (the rows of ``parts`` and ``part_masks``).
+        self.two_part = tuple(name for name in FINDINGS if name in self.redundant + self.conjunctive)
 
     def __len__(self) -> int:
         return self.n
@@ -209,7 +266,9 @@ class PhantomCXR(Dataset):
 
     def __repr__(self) -> str:
         cue = "" if self.cue is None else f", cue={self.cue!r}, cue_rates={self.cue_rates}"
-        return f"PhantomCXR(n={self.n}, size={self.size}, seed={self.seed}, task={self.task!r}{cue})"
+        parts = "".join(f", {option}={value}" for option, value in
+                        (("redundant", self.redundant), ("conjunctive", self.conjunctive)) if value)
+        return f"PhantomCXR(n={self.n}, size={self.size}, seed={self.seed}, task={self.task!r}{cue}{parts})"
 
     def _index(self, index: int) -> int:
         if not isinstance(index, numbers.Integral) or not -self.n <= index < self.n:
@@ -233,6 +292,29 @@ class PhantomCXR(Dataset):
         rate = self.cue_rates[0] if self.cue in self.findings_of(index) else self.cue_rates[1]
         return bool(_rng(self.seed, index, _CUE).random() < rate)
 
+    def parts_of(self, index: int) -> Dict[str, Tuple[bool, bool]]:
+        """Which parts of each two-part finding item ``index`` shows (image-left lung first), without rendering it.
+
+        Returns
+        -------
+        dict of str to (bool, bool)
+            One entry per finding of :attr:`two_part`.
+        """
+        index = self._index(index)
+        present = self.findings_of(index)
+        parts = {}
+        for name in self.two_part:
+            # One uniform per finding, from its own stream: adding a two-part finding leaves the others' parts.
+            u = float(_rng(self.seed, index, _PARTS, FINDINGS.index(name)).random())
+            if name in self.redundant:
+                one = (True, False) if u < (1.0 + BOTH_PARTS_RATE) / 2 else (False, True)
+                parts[name] = ((True, True) if u < BOTH_PARTS_RATE else one) if name in present else (False, False)
+            elif name in present:
+                parts[name] = (True, True)
+            else:
+                parts[name] = (u < DECOY_RATE / 2, DECOY_RATE / 2 <= u < DECOY_RATE)
+        return parts
+
     def zone_scores_of(self, index: int) -> Array:
         """Zone scores A-F of item ``index`` (BrixIA task), shape (6,), without rendering it."""
         return sample_zone_scores(_rng(self.seed, self._index(index), _CHOICE))
@@ -243,8 +325,9 @@ class PhantomCXR(Dataset):
         Parameters
         ----------
         key : str
-            ``"labels"`` (NIH task; ``"cue"`` too with a cue option); ``"zone_scores"``,
-            ``"score"`` or ``"detectors"`` (BrixIA task).
+            ``"labels"`` (NIH task; ``"cue"`` too with a cue option, ``"parts"``
+            with two-part findings); ``"zone_scores"``, ``"score"`` or
+            ``"detectors"`` (BrixIA task).
 
         Returns
         -------
@@ -253,8 +336,12 @@ class PhantomCXR(Dataset):
         """
         keys = ("labels",) if self.task == "nih" else ("zone_scores", "score", "detectors")
         keys += ("cue",) if self.cue is not None else ()
+        keys += ("parts",) if self.two_part else ()
         if key not in keys:
             raise KeyError(f"key: a {self.task} phantom has label keys {keys}, got {key!r}")
+        if key == "parts":
+            rows = [list(self.parts_of(i).values()) for i in range(self.n)]
+            return torch.tensor(rows, dtype=torch.float32).reshape(self.n, len(self.two_part), 2)
         if key == "cue":
             return torch.tensor([float(self.cue_of(i)) for i in range(self.n)])
         if key == "labels":
@@ -266,7 +353,10 @@ class PhantomCXR(Dataset):
             return scores
         return scores.sum(1).float() if key == "score" else detectors_from_zone_scores(scores)
 
-    def item(self, index: int, omit: Collection[str] = (), with_cue: bool = True) -> Dict[str, Any]:
+    def item(
+        self, index: int, omit: Collection[str] = (), with_cue: bool = True,
+        omit_parts: Collection[Tuple[str, int]] = (),
+    ) -> Dict[str, Any]:
         """Item ``index``, optionally with some of its ground truth left out of the image.
 
         Parameters
@@ -283,6 +373,11 @@ class PhantomCXR(Dataset):
             False draws the item without its cue (if it has one): the image
             then differs only inside the cue's mask, and ``cue`` is 0 and
             ``cue_mask`` empty. The intervention of :mod:`captum_iba.cxr.phantom.cue`.
+        omit_parts : collection of (str, int)
+            Parts of two-part findings not to draw: ``(finding, side)`` with
+            side 0 (image-left lung) or 1. The image changes only inside those
+            parts' masks; the labels follow the finding's rule (OR or AND) on
+            the parts left.
 
         Returns
         -------
@@ -294,17 +389,33 @@ class PhantomCXR(Dataset):
         unknown = set(omit) - set(allowed)
         if unknown:
             raise ValueError(f"omit: expected names from {allowed}, got {sorted(unknown)}")
+        omit_parts = set(omit_parts)
+        wrong = [part for part in omit_parts if part not in {(name, side) for name in self.two_part for side in (0, 1)}]
+        if wrong:
+            raise ValueError(f"omit_parts: expected (finding, side) with a finding of {self.two_part} and side 0 "
+                             f"or 1, got {wrong}")
         anatomy = draw_anatomy(self.size, _rng(self.seed, index, _ANATOMY))
         item: Dict[str, Any] = {"image_id": f"phantom-{self.task}-{self.seed}-{index:05d}"}
         if self.task == "nih":
-            present = [name for name in self.findings_of(index) if name not in omit]
-            # Each finding has its own stream, keyed by its position in FINDINGS.
-            rngs = {name: _rng(self.seed, index, _LOOK, FINDINGS.index(name)) for name in present}
-            drawing = draw_findings(anatomy, rngs)
+            whole = [name for name in self.findings_of(index) if name not in omit and name not in self.two_part]
+            drawn = {name: tuple(shown and name not in omit and (name, side) not in omit_parts
+                                 for side, shown in enumerate(sides)) for name, sides in self.parts_of(index).items()}
+            # Each finding has its own stream, keyed by its position in FINDINGS; each part, by its side too.
+            rngs = {name: _rng(self.seed, index, _LOOK, FINDINGS.index(name)) for name in whole}
+            parts = {name: {side: _rng(self.seed, index, _LOOK, FINDINGS.index(name), side)
+                            for side, shown in enumerate(sides) if shown} for name, sides in drawn.items()}
+            drawing = draw_findings(anatomy, rngs, parts)
             change = drawing.density
+            present = whole + [name for name, sides in drawn.items()
+                               if (any(sides) if name in self.redundant else all(sides))]
+            masks = drawing.masks.copy()
+            masks[[FINDINGS.index(name) for name in self.two_part if name not in present]] = False  # decoys
             item["labels"] = torch.tensor([float(name in present) for name in FINDINGS])
-            item["masks"] = torch.from_numpy(drawing.masks)
-            item["boxes"] = drawing.boxes
+            item["masks"] = torch.from_numpy(masks)
+            item["boxes"] = [box for box in drawing.boxes if box[0] in present]
+            if self.two_part:
+                item["parts"] = torch.tensor([drawn[name] for name in self.two_part], dtype=torch.float32)
+                item["part_masks"] = torch.from_numpy(np.stack([drawing.part_masks[name] for name in self.two_part]))
         else:
             scores = self.zone_scores_of(index)
             scores[[ZONES.index(zone) for zone in omit]] = 0
