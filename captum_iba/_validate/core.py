@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "format_target", "select_targets", "flat_targets", "check_output", "check_positive_int", "check_number",
-    "check_flag", "check_choice", "check_seed", "format_inputs", "format_additional_args",
+    "check_flag", "check_choice", "check_seed", "check_data", "format_inputs", "format_additional_args",
     "check_inputs_for_model", "model_runs_on", "check_stats", "check_layer_in_model", "check_layers", "layer_names", "find_layer",
 ]
 
@@ -254,6 +255,18 @@ def check_seed(seed, name: str = "seed") -> Optional[int]:
     if seed is None:
         return None
     return check_positive_int(seed, name, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
+
+
+def check_data(data, name: str = "data"):
+    """Return ``data`` if it is a form :meth:`IBA.estimate` reads: a tensor, a tuple of tensors, or batches.
+
+    Strings and mappings are iterable but not batches (a dict would yield its keys).
+    """
+    batches = isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping))
+    if not (isinstance(data, (Tensor, torch.utils.data.Dataset)) or batches):
+        raise TypeError(f"{name}: expected a tensor, a tuple of tensors or an iterable of batches "
+                        f"(a DataLoader, a list, a Dataset), got {type(data).__name__}")
+    return data
 
 
 def format_inputs(inputs) -> Tuple[Tensor, ...]:
