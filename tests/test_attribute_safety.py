@@ -295,7 +295,7 @@ def checkpoint_with_meta(path, **meta):
     (("--device", "tpu"), "--device tpu: expected auto, cpu, cuda"),
     pytest.param(("--device", "cuda"), "--device cuda: this machine has no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
-    (("--target", "True"), "--target: expected output indices"),
+    (("--target", "True"), "--target: expected an output index 0-7 or a name the model has an output for"),
     (("--images", "99999999999999999999"), "--images: expected at most 9223372036854775807"),
     (("--beta", "inf"), "--beta: expected a finite number, got inf"),
     (("--beta", "nan"), "--beta: expected a finite number, got nan"),

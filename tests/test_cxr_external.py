@@ -9,6 +9,7 @@ from _realdata import folder_digest, write_factory_module
 
 from captum_iba import IBA
 from captum_iba._validate import find_layer
+from captum_iba.cxr.models.external import OwnOutputs
 from captum_iba.cxr import (
     FINDINGS,
     ExternalModel,
@@ -74,6 +75,19 @@ def test_output_map_picks_and_orders_the_findings(factories):
     assert not out[:, FINDINGS.index("Mass")].any()  # missing: a constant 0, listed in missing_findings
 
 
+def test_own_outputs_are_every_output_of_the_model_through_the_same_view(factories):
+    model = external_model(f"{factories}:resnet18_14", outputs="Effusion=4,Atelectasis=13")
+    own = model.own_outputs()
+    assert isinstance(own, OwnOutputs) and not own.training and (own.num_outputs, model.num_outputs) == (14, 14)
+    assert own.output_index == model.output_index == {"Atelectasis": 13, "Effusion": 4}
+    assert own.get_submodule("layer3") is model.wrapped.layer3  # the same layers, under the same names
+    images = grey_images()
+    with torch.no_grad():
+        raw, out = model.wrapped(images), own(images)
+    assert out.shape == (2, 14) and torch.equal(out, raw)
+    assert torch.equal(model(images)[:, FINDINGS.index("Atelectasis")], out[:, 13])
+
+
 def test_input_formats_convert_the_library_images():
     grey = torch.rand(2, 16, 16)
     images = to_model_input(grey.numpy())
@@ -97,6 +111,7 @@ def test_xrv_densenet_conventions_without_weights():
     assert model.missing_findings == ()
     names = list(model.wrapped.pathologies)
     assert len(names) == 18 and all(names[model.output_index[f]] == f for f in FINDINGS)
+    assert model.num_outputs == 18 and model.output_names == tuple(names)
     # A 64-px image is resized to the model's 224 px: the default bottleneck is dense block 3 (14 x 14).
     assert default_bottleneck(model, 64) == "features.denseblock3"
     seen = {}

@@ -237,8 +237,10 @@ def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, default="the embedded phantom model of the task")
     model = parser.add_argument_group("targets")
     model.add_argument("--target", action="append", metavar="K",
-                       help="output index to explain (repeatable, or a comma list); default: every positive "
-                            "label of an item (labels, detectors), else its top prediction")
+                       help="output to explain, an index of the model's own outputs (0-17 for an 18-output "
+                            "--model) or a finding name such as Effusion (repeatable, or a comma list), stored as "
+                            "that output index; default: the outputs of an item's positive labels (labels, "
+                            "detectors), else of its top-scoring label")
     # Hidden: recipe overrides of the embedded model, for quick runs and tests.
     model.add_argument("--embedded-overrides", metavar="KEY=INT,...", help=argparse.SUPPRESS)
 

@@ -9,22 +9,25 @@ is one entry here plus its module in :mod:`captum_iba.cxr`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._validate import find_layer
 from ..cxr import BrixIA, NIHChestXray8, PhantomCXR, load_embedded_model
+from ..cxr.models.adapters import finding_name
 from ..cxr.models.checkpoints import TASKS, load_model
-from ..cxr.models.external import external_model
+from ..cxr.models.external import ExternalModel, external_model
+from ..cxr.schema import DETECTORS, FINDINGS
 from ..cxr.models.layers import bottleneck_candidates, default_bottleneck
 from ..cxr.phantom.dataset import DEFAULT_SIZE
 
 __all__ = ["DatasetSource", "DATASETS", "ModelSource", "MODEL_SOURCES", "EMBEDDED_FOR_TASK",
-           "TASKS", "register_dataset", "open_dataset", "open_model", "image_size", "Layers", "choose_layers"]
+           "TASKS", "TASK_LABELS", "register_dataset", "open_dataset", "open_model", "ModelOutputs", "task_outputs",
+           "explained_model", "image_size", "Layers", "choose_layers"]
 
 #: Seed of the phantom images the embedded models were trained on (and the statistics are estimated on).
 TRAINING_PHANTOM_SEED = 0
@@ -197,6 +200,96 @@ def open_model(task: str, checkpoint=None, *, model: Optional[str] = None, **opt
     if checkpoint is None:
         return MODEL_SOURCES["embedded"].open(task, **options)
     return MODEL_SOURCES["checkpoint"].open(task, checkpoint)
+
+
+#: The labels of each task, in the order of the items' label columns (the regressor has one unnamed output).
+TASK_LABELS = {"nih": FINDINGS, "brixia_detectors": DETECTORS, "brixia_regression": ()}
+
+
+def _key(name: str) -> str:
+    """A name as names are compared: a finding's own spelling, any case, ``_`` for a space."""
+    return (finding_name(name) or str(name)).strip().replace("_", " ").lower()
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """The outputs of the model a run explains, and which of them holds each label of the task.
+
+    Attributes
+    ----------
+    count : int
+        The model's number of outputs: an output index is 0 to ``count - 1``.
+    names : tuple of str
+        The model's own output names, empty when it has none.
+    labels : tuple of str
+        The task's labels (:data:`TASK_LABELS`), in the order of the items' label columns.
+    label_outputs : tuple of (int or None)
+        Per label column, the output that holds it (None: the model has no output for it).
+    """
+
+    count: int
+    names: Tuple[str, ...]
+    labels: Tuple[str, ...]
+    label_outputs: Tuple[Optional[int], ...]
+
+    def named_outputs(self) -> Dict[str, int]:
+        """Name to output index: the labels the model has an output for, then the model's own names of
+        outputs that are no label (or finding) of the task."""
+        named = {label: output for label, output in zip(self.labels, self.label_outputs) if output is not None}
+        taken = {_key(name) for name in (*self.labels, *FINDINGS)}
+        named.update({name: index for index, name in enumerate(self.names) if _key(name) not in taken})
+        return named
+
+    def output_of(self, name: str) -> Optional[int]:
+        """The output that ``name`` (see :meth:`named_outputs`; findings under any alias) names, or None."""
+        return next((index for known, index in self.named_outputs().items() if _key(known) == _key(name)), None)
+
+    def positives(self, labels: Tensor) -> List[int]:
+        """The outputs that hold the positive labels of one item's label row (labels without an output left out)."""
+        return [self.label_outputs[c] for c in torch.nonzero(labels).flatten().tolist()
+                if self.label_outputs[c] is not None]
+
+    def held_columns(self) -> List[int]:
+        """The label columns the model has an output for."""
+        return [column for column, output in enumerate(self.label_outputs) if output is not None]
+
+    def top(self, scores: Tensor) -> List[int]:
+        """Per row of ``scores`` (N, count), the output of its highest-scoring label (of all outputs
+        when the model holds no label)."""
+        held = [self.label_outputs[c] for c in self.held_columns()] or list(range(self.count))
+        return [held[i] for i in scores[:, held].argmax(1).tolist()]
+
+    def output_labels(self, labels: Tensor) -> Tensor:
+        """Label rows (N, labels) as rows over the outputs (N, count): each label in its output's column."""
+        rows = torch.zeros(labels.shape[0], self.count, dtype=labels.dtype, device=labels.device)
+        columns = self.held_columns()
+        rows[:, [self.label_outputs[c] for c in columns]] = labels[:, columns]
+        return rows
+
+    def record(self) -> dict:
+        """As a store's configuration records it: ``count``, ``names`` and the output of each ``label``."""
+        return {"count": self.count, "names": list(self.names),
+                "labels": {label: output for label, output in zip(self.labels, self.label_outputs)}}
+
+
+def task_outputs(task: str) -> ModelOutputs:
+    """The outputs of a model of ``task`` made by the library (embedded, ``captum-iba train``): its labels."""
+    labels = TASK_LABELS[task]
+    return ModelOutputs(TASKS[task][1], labels, labels, tuple(range(len(labels))))
+
+
+def explained_model(model: nn.Module, task: str) -> Tuple[nn.Module, ModelOutputs]:
+    """The model whose outputs a run explains, and what its outputs are.
+
+    A user's model (:class:`~captum_iba.cxr.models.external.ExternalModel`)
+    is explained on its own outputs, findings or not
+    (:meth:`~captum_iba.cxr.models.external.ExternalModel.own_outputs`); the
+    library's models output the task's labels and are explained as they are.
+    """
+    if isinstance(model, ExternalModel):
+        return model.own_outputs(), ModelOutputs(model.num_outputs, model.output_names, FINDINGS,
+                                                 tuple(model.output_index.get(f) for f in FINDINGS))
+    return model, task_outputs(task)
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,8 @@ def run_plan(args: argparse.Namespace, plan: Plan, items: Dataset) -> dict:
     """What the run will write, recorded in the store before any batch: ``{"items", "batches", "maps"}``.
 
     ``maps`` follows the targets policy of :func:`~captum_iba.app.attribute.runner` (``--target``,
-    else every positive label, else the top prediction: one map), counted from the items' labels
-    without reading an image; None where they cannot be counted up front (a phantom of more than
+    else every positive label the model has an output for, else the top prediction: one map), counted
+    from the items' labels without reading an image; None where they cannot be counted up front (a phantom of more than
     :data:`PLANNED_PHANTOM_LIMIT` items, or a dataset that cannot list its labels).
     """
     n = len(items)
@@ -69,8 +69,8 @@ def run_plan(args: argparse.Namespace, plan: Plan, items: Dataset) -> dict:
         reader, indices = (items.dataset, list(items.indices)) if isinstance(items, Subset) else (items, None)
         if hasattr(reader, "targets"):
             labels = reader.targets(plan.label_key)
-            labels = labels if indices is None else labels[indices]
-            maps = int(torch.count_nonzero(labels.reshape(n, -1), dim=1).clamp(min=1).sum())
+            labels = (labels if indices is None else labels[indices]).reshape(n, -1)[:, plan.outputs.held_columns()]
+            maps = int(torch.count_nonzero(labels, dim=1).clamp(min=1).sum())
     return {"items": n, "batches": math.ceil(n / args.batch_size), "maps": maps}
 
 
@@ -143,7 +143,12 @@ def versions(method: str) -> dict:
 
 def run_config(args: argparse.Namespace, plan: Plan, model: nn.Module, items: Dataset, size: int,
             given: Dict[str, FeatureStats] = None) -> dict:
-    """Everything that determines the maps: the store refuses to mix maps of two configurations."""
+    """Everything that determines the maps: the store refuses to mix maps of two configurations.
+
+    ``model.outputs`` says what a stored target is: the model's number of outputs, its own output
+    names, and the output index of each label of the task (see
+    :meth:`~captum_iba.app.sources.ModelOutputs.record`).
+    """
     stats_identity = None
     if plan.stats_layers:
         stats_identity = ({"sha256": stats_digest(given)} if given else
@@ -157,7 +162,8 @@ def run_config(args: argparse.Namespace, plan: Plan, model: nn.Module, items: Da
         "method": plan.method,
         "options": plan.options,
         **training,
-        "model": {"task": plan.model_task, "weights_sha256": tensor_digest(model.state_dict())},
+        "model": {"task": plan.model_task, "weights_sha256": tensor_digest(model.state_dict()),
+                  "outputs": plan.outputs.record()},
         "data": data_identity(args, plan, items, size),
         "targets": list(plan.targets) if plan.targets else ("single output" if plan.label_key is None else
                                                            f"positive {plan.label_key}, else top prediction"),

@@ -11,14 +11,14 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from ..._validate import SEED_RANGE, check_number
 from ...attr.options import MAX_BETA, MAX_LR
 from ...maps import parse_threshold
 from ..methods import DEFAULT_THRESHOLD, METHODS, READOUT_TRAINING
 from ...objectives import REGRESSION_LOSSES
-from ..sources import DATASETS, TASKS
+from ..sources import DATASETS, ModelOutputs, task_outputs
 
 __all__ = ["Plan", "UsageError", "make_plan", "DEFAULT_STEPS", "DEFAULT_NOISE_DRAWS", "DEFAULT_REGRESSION_LOSS",
            "DEFAULT_READOUT_IMAGES", "readout_layers", "MAX_SIZE", "MAX_BATCH_SIZE", "MAX_ITEMS", "MAX_STEPS",
@@ -54,8 +54,12 @@ class Plan:
         Which labels the items carry: ``"nih"`` or ``"brixia"``.
     label_key : str or None
         Item entry whose positives are the default targets; None for the regressor.
+    target_args : tuple of str or None
+        The ``--target`` values as given: output indices or names.
     targets : tuple of int or None
-        Explicit ``--target`` indices.
+        The ``--target`` outputs, indices of the model's own outputs; None
+        (the default targets) without ``--target``, or until :meth:`with_outputs`
+        resolves them.
     layer : str or None
         The IBA layer asked for (None: chosen by resolution, see
         :func:`captum_iba.app.sources.choose_layers`, once the model is loaded).
@@ -71,6 +75,9 @@ class Plan:
         that learns: its training options too, and ``readout_layers``).
     embedded_overrides : dict
         Recipe overrides of the embedded model.
+    outputs : ModelOutputs or None
+        The explained model's outputs (:func:`~captum_iba.app.sources.explained_model`); None until
+        :meth:`with_outputs` sets them.
     """
 
     method: str
@@ -78,6 +85,7 @@ class Plan:
     model_task: str
     data_task: str
     label_key: Optional[str]
+    target_args: Optional[Tuple[str, ...]]
     targets: Optional[Tuple[int, ...]]
     layer: Optional[str]
     multilayer: Optional[Tuple[str, ...]]
@@ -86,6 +94,17 @@ class Plan:
     options: dict
     embedded_overrides: dict
     cam_layer: Optional[str] = None
+    outputs: Optional[ModelOutputs] = None
+
+    def with_outputs(self, outputs: ModelOutputs) -> "Plan":
+        """This plan for a model with ``outputs``: ``--target`` resolved to its output indices.
+
+        Raises
+        ------
+        UsageError
+            Naming ``--target``: an index out of range, or a name the model has no output for.
+        """
+        return replace(self, outputs=outputs, targets=_parse_targets(self.target_args, outputs))
 
     def with_layers(self, layers, readout_layers: Sequence[str] = ()) -> "Plan":
         """This plan with the layers chosen for the loaded model (:class:`~captum_iba.app.sources.Layers`;
@@ -148,16 +167,27 @@ def layer_options(args):
     return args.layer, layers or None
 
 
-def _parse_targets(values: Optional[List[str]], outputs: int) -> Optional[Tuple[int, ...]]:
+def _parse_targets(values: Optional[Sequence[str]], outputs: ModelOutputs) -> Optional[Tuple[int, ...]]:
+    """``--target`` values (output indices or names, comma-separated) as sorted output indices."""
     if not values:
         return None
-    try:
-        targets = sorted({int(part) for value in values for part in value.split(",") if part.strip()})
-    except ValueError as error:
-        raise UsageError(f"--target: expected output indices, got {values}") from error
-    if not targets or not all(0 <= target < outputs for target in targets):
-        raise UsageError(f"--target: the model has {outputs} outputs (0-{outputs - 1}), got {values}")
-    return tuple(targets)
+    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if not parts:
+        raise UsageError(f"--target: expected output indices or names, got {','.join(values)!r}")
+    last = outputs.count - 1
+    targets = set()
+    for part in parts:
+        try:
+            target = int(part)
+        except ValueError:
+            target = outputs.output_of(part)
+            if target is None:
+                raise UsageError(f"--target: expected an output index 0-{last} or a name the model has an output "
+                                 f"for ({', '.join(outputs.named_outputs())}), got {part!r}") from None
+        if not 0 <= target <= last:
+            raise UsageError(f"--target: the model has {outputs.count} outputs (0-{last}), got {target}")
+        targets.add(target)
+    return tuple(sorted(targets))
 
 
 def _parse_overrides(text: Optional[str]) -> dict:
@@ -291,13 +321,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     _check_numbers(args)
     layer, multilayer = layer_options(args)
     options = _method_options(args, method.options, bool(method.layers))
-    return Plan(
+    plan = Plan(
         method=args.method,
         method_key=f"{args.method}-{options['loss']}" if "loss" in options else args.method,
         model_task=model_task,
         data_task=data_task,
         label_key=label_key,
-        targets=_parse_targets(args.target, TASKS[model_task][1]),
+        target_args=tuple(args.target) if args.target else None,
+        targets=None,
         layer=layer,
         multilayer=tuple(multilayer) if multilayer else None,
         model=model_options(args),
@@ -305,3 +336,5 @@ def make_plan(args: argparse.Namespace) -> Plan:
         options=options,
         embedded_overrides=_parse_overrides(args.embedded_overrides),
     )
+    # The library's models output the task's labels: --target is checked now; a --model's, once it is loaded.
+    return plan if args.model is not None else plan.with_outputs(task_outputs(model_task))

@@ -41,7 +41,7 @@ from ...stats import FeatureStats
 from .distributed import Processes, SetupFailed, Shard, batch_seed, determinism, quiet_worker, shard
 from .plan import Plan, make_plan, readout_layers
 from .config import estimate_run_stats, estimation_data, load_stats_option, run_config, run_items, run_plan
-from ..sources import choose_layers, image_size, open_model
+from ..sources import choose_layers, explained_model, image_size, open_model
 from ..store import BatchWriter, MethodStore, StoreError, check_out_dir, check_writer, open_method_store, writer_lock
 
 __all__ = ["run", "set_up", "attribute_shard"]
@@ -49,7 +49,8 @@ __all__ = ["run", "set_up", "attribute_shard"]
 
 @dataclass
 class Setup:
-    """What process 0 prepares and shares: the same plan (layers resolved), model, items and statistics for all."""
+    """What process 0 prepares and shares: the same plan (layers and targets resolved), explained model
+    (:func:`~captum_iba.app.sources.explained_model`), items and statistics for all."""
 
     plan: Plan
     model: nn.Module
@@ -64,12 +65,15 @@ class Setup:
 def set_up(args: argparse.Namespace, plan: Plan, device: torch.device, stack: contextlib.ExitStack) -> Setup:
     """Process 0's part: folder check, model, configuration, writer lock, store, statistics.
 
-    Everything that can refuse the request (the folder, the model, the layer,
-    ``--stats``) is checked before the first write: the writer lock, taken
+    Everything that can refuse the request (the folder, the model, ``--target``
+    against the model's outputs, the layer, ``--stats``) is checked before the
+    first write: the writer lock, taken
     next and held in ``stack`` for the run, creates the store folder.
     """
     out = check_out_dir(args.out)  # before the model, which may take minutes to train
-    model = open_model(plan.model_task, args.checkpoint, **plan.model, **plan.embedded_overrides)
+    model, outputs = explained_model(open_model(plan.model_task, args.checkpoint, **plan.model,
+                                                **plan.embedded_overrides), plan.model_task)
+    plan = plan.with_outputs(outputs)
     size = image_size(model, args.size)
     layers = choose_layers(model, size, plan.layer, plan.multilayer)
     plan = plan.with_layers(layers, readout_layers(model, size, layers.bottleneck))
@@ -114,7 +118,8 @@ def _trained(model: nn.Module, args: argparse.Namespace, plan: Plan, stats: Dict
     n, epochs = plan.options["readout_images"], plan.options["readout_epochs"]
     loader = DataLoader(estimation_data(args, plan, size, n), batch_size=32, collate_fn=collate,
                         num_workers=args.workers, worker_init_fn=quiet_worker)
-    suite.training_data = [(batch["image"].to(device), batch[plan.label_key]) for batch in loader]  # read once
+    suite.training_data = [(batch["image"].to(device), plan.outputs.output_labels(batch[plan.label_key]))
+                           for batch in loader]  # read once, labels in the model's output columns
     started = time.perf_counter()
     state = suite.train(plan.method)
     seconds = time.perf_counter() - started
@@ -142,18 +147,19 @@ def _attach(out: str, plan: Plan, config_hash: str, rank: int) -> MethodStore:
 
 
 def _targets(batch: dict, plan: Plan, model: nn.Module, device: torch.device) -> List[List[int]]:
-    """The outputs to explain per item: ``--target``, else its positive labels, else its top prediction."""
+    """The outputs to explain per item, indices of the model's own outputs: ``--target``, else the
+    outputs of its positive labels, else the output of its top-scoring label."""
     n = len(batch["image_id"])
     if plan.label_key is None:
         return [[-1]] * n
     if plan.targets is not None:
         return [list(plan.targets)] * n
-    positives = [torch.nonzero(row).flatten().tolist() for row in batch[plan.label_key]]
+    positives = [plan.outputs.positives(row) for row in batch[plan.label_key]]
     if all(positives):
         return positives
     with torch.no_grad():
-        top = model(batch["image"].to(device)).argmax(1).tolist()
-    return [labels or [best] for labels, best in zip(positives, top)]
+        top = plan.outputs.top(model(batch["image"].to(device)))
+    return [outputs or [best] for outputs, best in zip(positives, top)]
 
 
 def _attribute_batch(suite: MethodSuite, plan: Plan, batch: dict, rows: Sequence[Tuple[int, int]],

@@ -13,27 +13,32 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ..schema import FINDINGS, IMAGE_MEAN, IMAGE_STD
 
-__all__ = ["InputFormat", "parse_input_format", "parse_outputs", "outputs_by_name"]
+__all__ = ["InputFormat", "parse_input_format", "parse_outputs", "outputs_by_name", "finding_name"]
 
 # Other spellings of the findings: NIH's box file, torchxrayvision ("Pleural_Thickening"), any case.
 _ALIASES = {"infiltrate": "Infiltration", **{name.lower(): name for name in FINDINGS}}
 
 
+def finding_name(name: str) -> Optional[str]:
+    """The finding of :data:`FINDINGS` that ``name`` spells (any case, ``_`` for a space, NIH's
+    ``Infiltrate``), or None."""
+    return _ALIASES.get(str(name).strip().replace("_", " ").lower())
+
+
 def _finding(name: str, option: str) -> str:
-    key = name.strip().replace("_", " ").lower()
-    if key in _ALIASES:
-        return _ALIASES[key]
+    finding = finding_name(name)
+    if finding is not None:
+        return finding
     close = difflib.get_close_matches(name.strip(), FINDINGS, n=2, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ValueError(f"{option}: unknown finding {name.strip()!r}; the 8 findings are {', '.join(FINDINGS)}{hint}")
-
 
 
 def parse_outputs(outputs: Union[str, Mapping[str, int]], num_outputs: int) -> Dict[str, int]:
@@ -82,7 +87,7 @@ def outputs_by_name(names: Sequence[str]) -> Dict[str, int]:
     """Finding to output index from the model's own output names (e.g. ``model.pathologies``)."""
     mapping: Dict[str, int] = {}
     for index, name in enumerate(names):
-        finding = _ALIASES.get(str(name).strip().replace("_", " ").lower())
+        finding = finding_name(name)
         if finding is not None and finding not in mapping:
             mapping[finding] = index
     return mapping

@@ -23,7 +23,7 @@ import importlib
 import os
 import sys
 import warnings
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from .xrv import xrv_model
 
 __all__ = [
     "ExternalModel",
+    "OwnOutputs",
     "model_from_factory",
     "load_weights",
     "wrap_model",
@@ -202,8 +203,12 @@ class ExternalModel(ModelView):
     outputs : mapping of str to int
         Finding to the model's output index.
     input_format : InputFormat
+    num_outputs : int
+        The model's number of outputs.
     input_size : int, optional
         Images are resized (bilinear, anti-aliased) to this side first.
+    output_names : sequence of str
+        The model's own output names, if it has them.
 
     Attributes
     ----------
@@ -214,6 +219,11 @@ class ExternalModel(ModelView):
         constant): leave them out of evaluations; their attributions are void.
     output_index : dict
         Finding to the model's output index, for the findings it has.
+    num_outputs : int
+        The model's own number of outputs.
+    output_names : tuple of str
+        The model's own output names (``pathologies`` or ``targets``, as
+        torchxrayvision's), empty when it has none.
     task : str
         ``"nih"``.
 
@@ -235,14 +245,16 @@ class ExternalModel(ModelView):
     :func:`~captum_iba.cxr.schema.to_model_input` makes them and returns
     ``(N, 8)`` logits, the order of :data:`FINDINGS`. It has no data-dependent
     control flow, so it traces with ``torch.fx`` when the model does.
+    :meth:`own_outputs` is the same view with the model's own outputs.
     """
 
-    _OWN = ("wrapped", "findings", "missing_findings", "task", "input_format", "input_size", "output_index")
+    _OWN = ("wrapped", "findings", "missing_findings", "task", "input_format", "input_size", "output_index",
+            "num_outputs", "output_names")
 
-    def __init__(self, model: nn.Module, outputs: Mapping[str, int], input_format: InputFormat,
-                 input_size: Optional[int] = None) -> None:
+    def __init__(self, model: nn.Module, outputs: Mapping[str, int], input_format: InputFormat, *,
+                 num_outputs: int, input_size: Optional[int] = None, output_names: Sequence[str] = ()) -> None:
         names = [*model._modules, *model._parameters, *model._buffers]
-        clashes = [name for name in names if name in self._OWN or hasattr(nn.Module, name)]
+        clashes = [name for name in names if name in self._OWN or hasattr(type(self), name)]
         if clashes:
             raise ValueError(f"model: its top-level layer name(s) {clashes} clash with the wrapper's attributes")
         super().__init__(model)
@@ -251,19 +263,43 @@ class ExternalModel(ModelView):
         self.missing_findings = tuple(finding for finding in FINDINGS if finding not in outputs)
         self.input_format = input_format
         self.input_size = input_size
+        self.num_outputs = num_outputs
+        self.output_names = tuple(output_names)
         self.task = "nih"
         self.train(model.training)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def own_scores(self, images: Tensor) -> Tensor:
+        """The model's own ``(N, num_outputs)`` scores of the library's images."""
         if self.input_size is not None:
             images = F.interpolate(images, size=(self.input_size,) * 2, mode="bilinear", antialias=True)
         # .forward, not __call__: torch.fx then traces into it, finding its layers under our names.
-        scores = self._wrapped.forward(self.input_format(images))
+        return self._wrapped.forward(self.input_format(images))
+
+    def own_outputs(self) -> "OwnOutputs":
+        """This view of the model with its own outputs (see :class:`OwnOutputs`), in this one's mode."""
+        return OwnOutputs(self._wrapped, self.output_index, self.input_format, num_outputs=self.num_outputs,
+                          input_size=self.input_size, output_names=self.output_names).train(self.training)
+
+    def forward(self, images: Tensor) -> Tensor:
+        scores = self.own_scores(images)
         if not self.missing_findings:
             return scores[:, [self.output_index[finding] for finding in FINDINGS]]
         columns = [scores[:, self.output_index[f]] if f in self.output_index else torch.zeros_like(scores[:, 0])
                    for f in FINDINGS]
         return torch.stack(columns, dim=1)
+
+
+class OwnOutputs(ExternalModel):
+    """An :class:`ExternalModel` whose ``forward`` returns the model's own ``(N, num_outputs)`` scores.
+
+    The images go in as the library makes them and are converted as the
+    wrapper converts them; every output of the model comes out, in its own
+    order, findings or not. ``output_index`` says which output holds which
+    finding. Build it with :meth:`ExternalModel.own_outputs`.
+    """
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.own_scores(images)
 
 
 def _count_outputs(model: nn.Module, input_format: InputFormat, input_size: Optional[int], label: str) -> int:
@@ -332,20 +368,21 @@ def wrap_model(
         raise ValueError(f"input_size: expected None or an integer >= 8, got {input_size!r}")
     label = repr(name) if name else type(model).__name__
     count = _count_outputs(model, fmt, input_size, label)
+    names = getattr(model, "pathologies", None) or getattr(model, "targets", None)
+    named = isinstance(names, (list, tuple)) and len(names) == count and all(isinstance(n, str) for n in names)
     if outputs is not None:
         mapping = parse_outputs(outputs, count)
+    elif named:
+        mapping = outputs_by_name(names)
+    elif count == len(FINDINGS):
+        mapping = dict(zip(FINDINGS, range(count)))
     else:
-        names = getattr(model, "pathologies", None) or getattr(model, "targets", None)
-        if isinstance(names, (list, tuple)) and len(names) == count and all(isinstance(n, str) for n in names):
-            mapping = outputs_by_name(names)
-        elif count == len(FINDINGS):
-            mapping = dict(zip(FINDINGS, range(count)))
-        else:
-            raise ValueError(
-                f"outputs: the model {label} has {count} outputs and no names for them; say which is which, "
-                f"e.g. outputs 'Atelectasis=0,Cardiomegaly=1,...'"
-            )
-    return ExternalModel(model, mapping, fmt, input_size).eval()
+        raise ValueError(
+            f"outputs: the model {label} has {count} outputs and no names for them; say which is which, "
+            f"e.g. outputs 'Atelectasis=0,Cardiomegaly=1,...'"
+        )
+    return ExternalModel(model, mapping, fmt, num_outputs=count, input_size=input_size,
+                         output_names=names if named else ()).eval()
 
 
 def external_model(
