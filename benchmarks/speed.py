@@ -442,8 +442,8 @@ def transformer_rows(group: str, args, device) -> None:
     ig = IntegratedGradients(model)
     log(f"{title}, layer {layer_name}, {images} image(s), device {device}")
 
-    def run_iba(steps=None):
-        return iba.attribute(x, target=targets, seed=0, **({} if steps is None else {"steps": steps}))
+    def run_iba(steps=None, speed="default"):
+        return iba.attribute(x, target=targets, seed=0, speed=speed, **({} if steps is None else {"steps": steps}))
 
     def run_cam():
         # Its hooks on the layer only while it runs: left on, they would copy the layer's output at every
@@ -454,32 +454,53 @@ def transformer_rows(group: str, args, device) -> None:
     def run_ig(n_steps=args.ig_steps):
         return ig.attribute(x, target=targets, n_steps=n_steps, internal_batch_size=min(ig_batch, n_steps * images))
 
-    names = ("IBA default", "GradCAM (pytorch-grad-cam)", f"IntegratedGradients (Captum, n_steps={args.ig_steps})")
-    # Warm-ups at reduced cost: tracing and verifying the split, the first passes of each method.
-    warm_ups = (lambda: run_iba(steps=1), run_cam, lambda: run_ig(n_steps=2))
-    cold, shapes = {}, {}
-    for name, warm_up in zip(names, warm_ups):
+    fast = SPEEDS["fast"]
+    runs = {"IBA default": run_iba,
+            f"IBA fast (compile, {fast.precision}, channels_last={fast.channels_last})":
+                lambda: run_iba(speed=fast),
+            "GradCAM (pytorch-grad-cam)": run_cam,
+            f"IntegratedGradients (Captum, n_steps={args.ig_steps})": run_ig}
+    runs = {name: run for name, run in runs.items() if not skipped(name.replace("IBA ", ""), args.skip)}
+    # Warm-ups at reduced cost: tracing and verifying the split (and compiling), the first passes of each method.
+    warm_ups = {"IBA default": lambda: run_iba(steps=1), "GradCAM (pytorch-grad-cam)": run_cam}
+    cold, shapes, maps = {}, {}, {}
+    for name, run in runs.items():
+        warm_up = warm_ups.get(name, (lambda: run_ig(n_steps=2)) if name.startswith("Integrated") else run)
         cold[name], out = called(warm_up, device)
         shapes[name] = tuple(out.shape[-2:])
-    per_map = interleaved(dict(zip(names, (run_iba, run_cam, run_ig))), dict.fromkeys(names, images),
-                          args.repeats, device)
-    report_transformer(args, device, title, layer_name, iba, images, ig_batch, per_map, cold, shapes)
+        if name.startswith("IBA"):
+            maps[name] = run()
+    differences = {name: relative_difference(m, maps["IBA default"]) for name, m in maps.items()}
+    per_map = interleaved(runs, dict.fromkeys(runs, images), args.repeats, device)
+    limits = flop_limits(iba, x, device, args.steps, args.draws)
+    report_transformer(args, device, title, layer_name, iba, images, ig_batch, per_map, cold, shapes, limits,
+                       differences)
 
 
-def report_transformer(args, device, title, layer_name, iba, images, ig_batch, per_map, cold, shapes) -> None:
+def report_transformer(args, device, title, layer_name, iba, images, ig_batch, per_map, cold, shapes, limits,
+                       differences) -> None:
     print(f"\n### {title}, 224 px, layer {layer_name}, {images} image(s) per call\n")
     print(f"Unit: seconds per map (s/map), median of {args.repeats} interleaved repeat(s). Device: "
           f"{describe_device(device)}; torch {torch.__version__}; load average {load_average()}. IBA: "
           f"{args.steps} steps x {args.draws} draws, loss 'ce', split {iba.split().mode}; IntegratedGradients: "
           f"zero baseline, internal_batch_size {ig_batch}.\n")
+    print(f"Suffix forward + backward: {limits['flops'] / 1e9:.2f} GFLOP per map; matmul throughput "
+          + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in limits["throughput"].items())
+          + "; FLOP limits " + ", ".join(f"{k} {v:.4f} s/map" for k, v in limits["limit"].items()) + ".\n")
     iba_seconds = per_map["IBA default"]
-    print("| method | s/map | vs IBA default | map | warm-up call s |")
-    print("|---|---:|---:|---|---:|")
+    reduced = reduced_name(device)
+    print("| method | s/map | vs IBA default | vs FLOP limit | map diff | map | first call s |")
+    print("|---|---:|---:|---:|---:|---|---:|")
     for name, seconds in per_map.items():
-        print(f"| {name} | {seconds:.3f} | {iba_seconds / seconds:.2f}x | {shapes[name][0]}x{shapes[name][1]} | "
-              f"{cold[name]:.1f} |")
-    print("\nvs IBA default: IBA's time over the row's (above 1: the row is faster). Warm-up calls (not in the "
-          "medians): IBA with 1 step, GradCAM once, IntegratedGradients with n_steps=2.")
+        precision = reduced if "fast" in name else "fp32"
+        limit = f"{seconds / limits['limit'][precision]:.1f}x ({precision})" if name.startswith("IBA") else ""
+        diff = f"{differences[name]:.1e}" if name in differences and "fast" in name else ""
+        print(f"| {name} | {seconds:.3f} | {iba_seconds / seconds:.2f}x | {limit} | {diff} | "
+              f"{shapes[name][0]}x{shapes[name][1]} | {cold[name]:.1f} |")
+    print("\nvs IBA default: IBA's time over the row's (above 1: the row is faster); vs FLOP limit: the row's "
+          "time over the suffix's FLOPs at this device's matmul rate; map diff: max |map - default map| / "
+          "max |default map|, same seed. First calls (not in the medians): IBA default with 1 step (tracing), "
+          "IBA fast in full (compiling), GradCAM once, IntegratedGradients with n_steps=2.")
 
 
 # --------------------------------------------------------------------------- command line

@@ -52,7 +52,8 @@ def attribute(out, *extra, **kwargs):
 
 
 def error_lines(capsys):
-    return capsys.readouterr().err.strip().splitlines()
+    """The command's messages on stderr, without its progress lines (plain lines when not a terminal)."""
+    return [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("captum-iba")]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ below the minimum of pairs, and where the data lack the claim's premise."""
 
 import pytest
 
-from captum_iba.app.report.claims import MARGIN, USES_CUE, VERDICTS, claims, fmt
+from captum_iba.app.report.claims import CLAIM_STUDY, MARGIN, USES_CUE, VERDICTS, claims, fmt, model_quality_text
 from captum_iba.app.report.paper import CLAIMS
 from captum_iba.app.report.studies import MIN_CLAIM_PAIRS
 from captum_iba.objectives import REGRESSION_LOSSES
@@ -69,7 +69,8 @@ def regression_results(pcc, chance=0.0, baselines=None, images=ENOUGH):
 
 def claim_of(results, claim_id):
     found = {c["id"]: c for c in claims(results)}
-    assert set(found[claim_id]) == {"id", "claim", "source", "published", "measured", "verdict", "experiment"}
+    assert set(found[claim_id]) == {"id", "claim", "source", "published", "measured", "verdict", "experiment",
+                                      "model"}
     assert found[claim_id]["verdict"] in VERDICTS
     assert bool(found[claim_id]["experiment"]) == (found[claim_id]["verdict"] == UNTESTABLE)
     return found[claim_id]
@@ -312,3 +313,13 @@ def test_fmt_says_n_a_for_what_was_not_measured():
     assert fmt(NAN) == "n/a" and fmt(None) == "n/a"
     assert fmt(0.12345) == "0.123"
     assert fmt(1) == "1.000"
+
+
+def test_every_claim_names_the_quality_of_the_model_it_is_measured_on():
+    """The claim's study's held-out quality stands beside its verdict; a study without it gives no text."""
+    results = {"nih": {"quality": {"metric": "AUC", "value": 0.5123, "images": 16}},
+               "regression": {"quality": {"metric": "MAE", "value": 1.25, "images": 8}}}
+    assert model_quality_text(results, "multilayer_best_iou") == "AUC 0.512 (16 images)"
+    assert model_quality_text(results, "regression_severity") == "MAE 1.250 (8 images)"
+    assert model_quality_text(results, "inverse_all_regions") == ""  # no redundant study here
+    assert set(CLAIM_STUDY) == {claim.id for claim in CLAIMS}

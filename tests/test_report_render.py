@@ -41,9 +41,10 @@ def results_dict():
                    "auc_images": 16},
         "regression": {"images": 4, "scores": regression},
         "claims": [{"id": "a", "claim": "A claim", "source": "Table 9", "published": "0.2",
-                    "measured": "x 0.100", "verdict": "held", "experiment": ""},
+                    "measured": "x 0.100", "verdict": "held", "experiment": "", "model": "AUC 0.871 (16 images)"},
                    {"id": "b", "claim": "B claim", "source": "Fig. 9", "published": "0.3",
-                    "measured": "no premise", "verdict": "not testable here", "experiment": "a study with it"}],
+                    "measured": "no premise", "verdict": "not testable here", "experiment": "a study with it",
+                    "model": ""}],
         "figures": {"fig2_insertion_deletion": "fig2_insertion_deletion.png"},
     }
 
@@ -83,8 +84,8 @@ def test_report_sections_say_what_was_measured(tmp_path):
     assert positions == sorted(positions)
     assert "Seed 3;" in text and "16 steps" in text and "Hand-made results." in text
     assert f"| {METHODS['inverse'].label} | 0.375 | 0.088 | 0.475 |" in text
-    assert "| A claim | Table 9 | 0.2 | x 0.100 | **held** |" in text
-    assert "| no premise | **not testable here** (would be tested by a study with it) |" in text
+    assert "| A claim | Table 9 | 0.2 | x 0.100 | AUC 0.871 (16 images) | **held** |" in text
+    assert "| no premise | n/a | **not testable here** (would be tested by a study with it) |" in text
     assert "![fig2_insertion_deletion](fig2_insertion_deletion.png)" in text
     # The notes name the layers the run used, not the library defaults.
     assert "Grad-CAM at `block.c`" in text and "`block.a`, `block.b`" in text

@@ -4,12 +4,15 @@ HuggingFace models on the command line, the user's own package in the current fo
 Tiny configurations with random weights; nothing is downloaded (HF_HUB_OFFLINE=1).
 """
 
+import json
+import math
 import os
 import textwrap
 
 import pytest
 import torch
 
+from _realdata import write_nih_folder
 from _toys import tiny_densenet
 from captum_iba.app.baselines import GRAD_CAM_METHODS, grid_transform, inplace_free_copy
 from captum_iba.app.cli import main
@@ -133,6 +136,27 @@ def test_attribute_with_a_timm_vit_by_name_and_its_weights(tmp_path, capsys):
     shapes = {method: maps[key].shape for key in maps for _, method, _ in [key]}
     assert shapes["iba"] == (1, 4, 4)  # the ViT's patch grid, whatever the phantom's size
     assert "warning" not in capsys.readouterr().err  # weights given: no random-weights warning
+
+
+def test_evaluate_a_timm_vit_on_an_nih_folder(tmp_path, cache):
+    """The whole report on a ViT the user names: the IBA family and pytorch-grad-cam score on its patch grid."""
+    weights = tmp_path / "vit.pt"
+    torch.save(_vit().state_dict(), weights)
+    nih = write_nih_folder(tmp_path / "nih")
+    out = tmp_path / "report"
+    assert main(["evaluate", "--dataset", "nih", "--root", str(nih), "--model", TINY_VIT, "--weights", str(weights),
+                 "--layer", "blocks.1", "--size", str(SIZE), "--out", str(out), "--images", "2", *FAST,
+                 "--insertion-steps", "4", "--sensitivity-masks", "2", "--extremal-iterations", "2",
+                 "--readout-epochs", "1", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["layers"]["bottleneck"] == "blocks.1" and results["layers"]["grid"] == [4, 4]
+    scores = results["nih"]["scores"]
+    for name in ("iba", "inverse", "pgc_gradcam"):
+        assert math.isfinite(scores[name]["iou"]), name
+    assert 0.0 <= results["nih"]["quality"]["value"] <= 1.0 and results["nih"]["quality"]["metric"] == "AUC"
+    # Captum's LayerGradCam reads the token layer as (N, C, h, w): listed with the reason, not scored.
+    assert "reads its layer as (N, C, h, w)" in results["nih"]["failed"]["gradcam"]
+    assert "gradcam" not in scores
 
 
 def test_a_timm_model_without_weights_says_it_runs_random_weights(tmp_path, capsys):

@@ -17,6 +17,7 @@ Every choice it offers comes from a registry: methods from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from typing import List, Optional
 
 # Light imports only: the rest is imported by main(), once Ctrl-C is one line.
 from .._files import NO_SPACE, error_line
+from .._progress import plain_lines
 
 #: Exit status per signal: 128 + its number, as a shell reports it.
 SIGNAL_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -127,7 +129,11 @@ def _add_evaluation_options(parser: argparse.ArgumentParser, images: int) -> Non
     parser.add_argument("--sensitivity-masks", type=steps, default=16, help="random masks per n in sensitivity-N")
     parser.add_argument("--extremal-iterations", type=steps, default=20,
                         help="TorchRay extremal perturbation iterations per image (default 20; TorchRay's is 800)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--readout-epochs", type=steps, default=None,
+                        help="Readout IBA's training epochs (default 10); its training is most of the time of a "
+                             "report on a large model, and is cached for the next report")
+    parser.add_argument("--quiet", action="store_true",
+                        help="progress as plain lines (at most one every 10 s) instead of bars")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default: str) -> None:
@@ -340,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_count(1, MAX_BATCH_SIZE), default=32)
     train.add_argument("--lr", type=_number(0.0, MAX_LR), default=5e-3, help=f"learning rate, in (0, {MAX_LR:g}]")
     train.add_argument("--seed", type=_count(*SEED_RANGE), default=0)
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true",
+                       help="progress as plain lines (at most one every 10 s) instead of bars")
     train.set_defaults(run=run_train)
 
     attribute = commands.add_parser("attribute", help="one method's maps for a whole dataset (sharded, resumable)",
@@ -379,7 +386,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             # Captum and TorchRay warn on every call about torch API changes that do not affect results.
             warnings.filterwarnings("ignore", category=UserWarning, module=r"(captum|torchray|torch)\b")
             warnings.showwarning = _one_line_warning(args.command)
-            return _run_command(args, stop)
+            # --quiet: the same progress as plain lines, at most one each 10 s, never bars.
+            with plain_lines() if getattr(args, "quiet", False) else contextlib.nullcontext():
+                return _run_command(args, stop)
     except (KeyboardInterrupt, Terminated) as error:  # before the command started, or after it returned
         signum = stop.received or _signal_of(error)
         print(f"{stop.command}: {_stopped(signum)}", file=sys.stderr, flush=True)

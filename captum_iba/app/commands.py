@@ -29,7 +29,11 @@ def _settings(args) -> EvaluationSettings:
 
 
 def _suite_options(args) -> dict:
-    return {"iba_options": {"steps": args.steps, "noise_draws": args.noise_draws}, "extremal_iterations": args.extremal_iterations}
+    options = {"iba_options": {"steps": args.steps, "noise_draws": args.noise_draws},
+               "extremal_iterations": args.extremal_iterations}
+    if args.readout_epochs is not None:
+        options["training_options"] = {"readout": {"epochs": args.readout_epochs}}
+    return options
 
 
 def _print_summary(results: dict, out: str) -> None:
@@ -38,8 +42,9 @@ def _print_summary(results: dict, out: str) -> None:
     print(f"\nreport written to {out}/report.md ({results['seconds_total']:.0f} s)")
     if "nih" in results:
         print(headline_table(results))
-    for claim in results["claims"]:
-        print(f"- {claim['claim']}: {claim['verdict']}")
+    for claim in results["claims"]:  # the verdict with what it rests on: the pairs, the model's quality
+        model = f"; model {claim['model']}" if claim["model"] else ""
+        print(f"- {claim['claim']}: {claim['verdict']} ({claim['measured']}{model})")
 
 
 def run_demo(args) -> int:
@@ -54,7 +59,7 @@ def run_demo(args) -> int:
     models = {}
     for name in (*EMBEDDED_MODELS, *(CUE_MODELS if args.cue else ()), *(REDUNDANT_MODELS if args.redundant else ()),
                  *(VIT_MODELS if _has_timm() else ())):
-        models[name] = load_embedded_model(name, progress=not args.quiet, **overrides)
+        models[name] = load_embedded_model(name, **overrides)
         print(f"model {name}: {_quality(models[name].metrics)}")
     size = models["nih_bce"].input_size
     layers = choose_layers(models["nih_bce"], size)
@@ -88,7 +93,7 @@ def run_demo(args) -> int:
         if args.redundant else None,
         redundant_images=redundant_images,
     )
-    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
+    results = run_report(inputs, args.out, _settings(args))
     _print_summary(results, args.out)
     return 0
 
@@ -135,7 +140,7 @@ def run_evaluate(args) -> int:
         suite_options={**_suite_options(args), **layers.suite_options()},
         **{key: test, f"{key}_estimation": estimation},
     )
-    results = run_report(inputs, args.out, _settings(args), progress=not args.quiet)
+    results = run_report(inputs, args.out, _settings(args))
     _print_summary(results, args.out)
     return 0
 
@@ -159,7 +164,7 @@ def run_train(args) -> int:
         model, architecture = small_densenet(outputs), {"name": "small_densenet"}
     loss = args.loss or ("mse" if target == "score" else "bce")
     fit(model, train, loss, target=target, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, progress=not args.quiet)
+        seed=args.seed)
     quality = evaluate(model, test, target=target)
     save_model(model, args.out, task=args.task, architecture=architecture, input_size=size)
     print(f"wrote {args.out}: {args.task} model, {_quality(quality)}")

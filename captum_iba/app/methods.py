@@ -379,4 +379,11 @@ class MethodSuite:
             maps = self._built[name](images, target, seed=seed, **options)
         else:
             maps = self._built[name](images, baseline_target(target, images), **options)
-        return as_map_batch(maps, images.shape[0]).detach()
+        maps = as_map_batch(maps, images.shape[0]).detach()
+        # A baseline that reads its layer as (N, C, h, w) gives a token layer's (N, L, D) maps of
+        # another shape without a word (Captum's LayerGradCam: 1 x D): refused here, by name.
+        (h, w), (height, width) = maps.shape[-2:], images.shape[-2:]
+        if abs(h * width / height - w) > 1:
+            raise ValueError(f"{method.label}: expected maps of the images' aspect ratio ({height} x {width}), got "
+                             f"{h} x {w}: it reads its layer as (N, C, h, w), and this model's layer is not")
+        return maps

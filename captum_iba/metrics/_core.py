@@ -3,9 +3,9 @@
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from .._engine.frozen import frozen_model
+from .._progress import progress as progress_lines
 from .._validate import check_output, select_targets
 from ..maps import as_map_batch, gaussian_blur as blur_images, resize_map
 
@@ -81,7 +81,7 @@ def score_perturbations(
     scores = []
     starts = range(0, n_items, batch_size)
     with frozen_model(forward_func), torch.no_grad():
-        for start in tqdm(starts, desc=description, disable=not progress, leave=False):
+        for start in progress_lines(starts, desc=description, enabled=progress):
             items = torch.arange(start, min(start + batch_size, n_items))
             samples = sample_ids[items]
             extra = tuple(

@@ -7,9 +7,9 @@ from typing import List, NamedTuple
 import torch
 from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
-from tqdm.auto import tqdm
 
 from .. import _validate
+from .._progress import progress as progress_lines
 from .._engine import owning_module
 from .._validate import find_layer
 from ..attr import ReadoutIBA
@@ -363,7 +363,7 @@ def randomization_check(
     original = _compute_maps(attribution_fn, copy.deepcopy(model), inputs, target, n)
     spearman, ssim = [], []
     randomised = copy.deepcopy(model)
-    for step, name in enumerate(tqdm(names, desc="randomisation", disable=not progress)):
+    for step, name in enumerate(progress_lines(names, desc="randomisation", enabled=progress)):
         if mode == "independent":
             randomised = copy.deepcopy(model)
         _randomise(randomised, name, seed + step)

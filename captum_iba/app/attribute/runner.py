@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..._files import error_line
+from ..._progress import progress as progress_lines
 from ...cxr import collate
 from ..methods import METHODS, MethodSuite
 from ...stats import FeatureStats
@@ -239,19 +239,19 @@ def attribute_shard(args: argparse.Namespace, plan: Plan, setup: Setup, processe
     tally = Tally()
     description = plan.method_key + (f" (process 0 of {processes.world})" if processes.world > 1 else "")
     start = time.perf_counter()
-    # The bar is shown on a terminal only (disable=None), by process 0.
-    with tqdm(total=pending.count_items(), desc=description, unit="img",
-              disable=None if processes.rank == 0 else True) as bar:
-        for (b, _), batch in zip(pending.entries(), loader):
-            rows = [(position, target) for position, targets in enumerate(_targets(batch, plan, model, device))
-                    for target in targets]
-            keys = [(batch["image_id"][position], target) for position, target in rows]
-            writer.started(b, keys)
-            maps = _attribute_batch(suite, plan, batch, rows, batch_seed(args.seed, b), device)
-            writer.done(b, keys, maps)
-            tally.items += len(batch["image_id"])
-            tally.maps += len(keys)
-            bar.update(len(batch["image_id"]))
+    # Progress is shown by process 0 only (a bar on a terminal, plain lines in a log).
+    batches = progress_lines(zip(pending.entries(), loader), desc=description, total=len(pending), unit="batch",
+                             enabled=processes.rank == 0,
+                             postfix=lambda: f"{tally.items} images, {tally.maps} maps")
+    for (b, _), batch in batches:
+        rows = [(position, target) for position, targets in enumerate(_targets(batch, plan, model, device))
+                for target in targets]
+        keys = [(batch["image_id"][position], target) for position, target in rows]
+        writer.started(b, keys)
+        maps = _attribute_batch(suite, plan, batch, rows, batch_seed(args.seed, b), device)
+        writer.done(b, keys, maps)
+        tally.items += len(batch["image_id"])
+        tally.maps += len(keys)
     tally.seconds = time.perf_counter() - start
     return tally
 

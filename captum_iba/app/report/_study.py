@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ...cxr import evaluate
 from ..methods import MethodSuite
 
-__all__ = ["ReportInputs", "Figure", "study_suite", "images_of"]
+__all__ = ["ReportInputs", "Figure", "study_suite", "images_of", "model_quality"]
 
 
 class Figure:
@@ -83,6 +84,21 @@ class ReportInputs:
 def images_of(dataset: Dataset, n: int) -> List[int]:
     """The indices of the first ``n`` items of ``dataset``."""
     return list(range(min(n, len(dataset))))
+
+
+def model_quality(model, dataset, n: int, target: str) -> dict:
+    """How good the study's model is on the first ``n`` held-out items: the figure beside its claims' verdicts.
+
+    Returns
+    -------
+    dict
+        ``metric`` ("AUC", the mean over classes, for ``target`` "labels" or
+        "detectors"; "MAE" in score units for "score"), ``value`` and ``images``.
+    """
+    items = torch.utils.data.Subset(dataset, images_of(dataset, n))
+    quality = evaluate(model, items, target=target)
+    metric, value = ("MAE", quality["mae"]) if target == "score" else ("AUC", quality["mean_auc"])
+    return {"metric": metric, "value": float(value), "images": len(items)}
 
 
 def _stack_images(items) -> torch.Tensor:

@@ -28,7 +28,8 @@ from .paper import CLAIMS
 from .redundant import DETECTED_DROP, RULE_SHARE
 from .studies import MIN_CLAIM_PAIRS, method_label
 
-__all__ = ["claims", "fmt", "MARGIN", "JUDGES", "VERDICTS", "Judgement", "USES_CUE"]
+__all__ = ["claims", "fmt", "MARGIN", "JUDGES", "VERDICTS", "Judgement", "USES_CUE", "CLAIM_STUDY",
+           "model_quality_text"]
 
 SMALL_FINDINGS = ("Nodule", "Mass")
 IBA_FAMILY = ("iba", "inverse", "multilayer")
@@ -293,6 +294,23 @@ JUDGES: Dict[str, Callable[[dict], Judgement]] = {
 }
 
 
+#: The study whose model each claim is measured on (its ``results`` key): its quality stands beside the verdict.
+CLAIM_STUDY = {
+    "iba_feature_importance": "nih", "inverse_all_regions": "redundant", "inverse_deletion": "nih",
+    "regression_severity": "regression", "regression_sensitivity_n": "regression",
+    "multilayer_best_iou": "nih", "multilayer_fine_grained": "nih", "brixia_iou": "detectors",
+    "weighted_bce_alignment": "nih",
+}
+
+
+def model_quality_text(results: dict, claim_id: str) -> str:
+    """The claim's model and how good it is on held-out images, e.g. "AUC 0.932 (200 images)"; "" if unknown."""
+    quality = results.get(CLAIM_STUDY[claim_id], {}).get("quality")
+    if not quality:
+        return ""
+    return f"{quality['metric']} {fmt(quality['value'])} ({quality['images']} images)"
+
+
 def claims(results: dict) -> List[dict]:
     """Every claim of the paper with its published figure, what was measured here, and the verdict.
 
@@ -300,13 +318,14 @@ def claims(results: dict) -> List[dict]:
     -------
     list of dict
         In the paper's order: ``id``, ``claim``, ``source``, ``published``,
-        ``measured``, ``verdict`` (one of :data:`VERDICTS`) and ``experiment``
+        ``measured``, ``verdict`` (one of :data:`VERDICTS`), ``experiment``
         (for "not testable here", the experiment that would test the claim;
-        else empty).
+        else empty) and ``model`` (the quality of the model it is measured
+        on, :func:`model_quality_text`).
     """
     rows = []
     for claim in CLAIMS:
         judgement = JUDGES[claim.id](results)
         rows.append({"id": claim.id, "claim": claim.claim, "source": claim.source, "published": claim.published,
-                     **judgement._asdict()})
+                     **judgement._asdict(), "model": model_quality_text(results, claim.id)})
     return rows

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from skimage.measure import label as connected_components
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ..._progress import progress as progress_lines
 from ...maps import binarize, resize_map
 from ..methods import METHODS, MethodSuite
 from ...metrics import insertion_deletion, localization_iou, map_correlation, pointing_game, sensitivity_n
@@ -215,8 +215,8 @@ def attribute_all(
             warmup = time.perf_counter() - start
             start = time.perf_counter()
             batches = [run(name, lo, lo + settings.batch_size)
-                       for lo in tqdm(range(0, len(images), settings.batch_size), desc=METHODS[name].label,
-                                      disable=not progress, leave=False)]
+                       for lo in progress_lines(range(0, len(images), settings.batch_size),
+                                                desc=METHODS[name].label, unit="batch", enabled=progress)]
         except Exception as error:  # a third-party method that cannot explain this model
             if failures is None or METHODS[name].family == "captum_iba":
                 raise
@@ -249,7 +249,7 @@ def localisation_scores(
     tolerance = max(1, round(settings.pointing_tolerance * size / 224))
     n_classes = len(pairs.class_names)
     scores = {}
-    for name, result in tqdm(method_maps.items(), desc="metrics", disable=not progress, leave=False):
+    for name, result in progress_lines(method_maps.items(), desc="metrics", enabled=progress):
         maps = result.maps
         iou = localization_iou(maps, pairs.masks, threshold=IOU_THRESHOLD, labels=pairs.targets, num_classes=n_classes)
         pointing = pointing_game(maps, pairs.masks, tolerance=tolerance, labels=pairs.targets, num_classes=n_classes)
@@ -297,7 +297,7 @@ def regression_scores(
     pixels = images.shape[-1] * images.shape[-2]
     ns = sorted({min(n, pixels - 1) for n in settings.sensitivity_ns})
     scores = {}
-    for name, result in tqdm(method_maps.items(), desc="metrics", disable=not progress, leave=False):
+    for name, result in progress_lines(method_maps.items(), desc="metrics", enabled=progress):
         scores[name] = {
             "pcc": _mean(map_correlation(result.maps, severity_maps)),
             "seconds_per_map": result.seconds_per_map,

@@ -29,7 +29,7 @@ from ...cxr import FINDINGS, PhantomCXR
 from ...maps import resize_map
 from ...cxr.phantom.parts import REACHED_FRACTION, pair_images, part_intervention, parts_reached, removal_outputs
 from .evaluation import IOU_THRESHOLD, EvaluationSettings, attribute_all
-from ._study import ReportInputs, study_suite
+from ._study import ReportInputs, model_quality, study_suite
 
 __all__ = ["redundant_study", "REDUNDANT_METHODS", "REDUNDANT_MODELS_NEEDED", "follows_rule", "RULE_SHARE",
            "DETECTED_DROP"]
@@ -137,6 +137,7 @@ def redundant_study(inputs: ReportInputs, results: dict, figures: dict, settings
                                  for finding, rule in rules.items()}
     failed: Dict[str, str] = {}
     results["redundant"] = {"findings": findings, "failed": failed, "threshold": IOU_THRESHOLD,
+                            "quality": model_quality(model, phantom, inputs.auc_images, "labels"),
                             "reached_fraction": REACHED_FRACTION, "rule_share": RULE_SHARE,
                             "detected_drop": DETECTED_DROP}
     if not pairs:

@@ -261,10 +261,11 @@ def _claims(results: dict):
              f"Paper: {paper.CITATION}. A comparison holds only beyond its margin (stated per row; {MARGIN} unless "
              f"said) and on at least {MIN_CLAIM_PAIRS} pairs (else \"too few pairs\"). A claim whose premise the "
              "data lack is \"not testable here\", with the rule that found it so and the experiment that would "
-             "test it.", "",
-             "| claim | where | the paper | measured here | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['source']} | {c['published']} | {c['measured']} | **{c['verdict']}**"
-              + (f" (would be tested by {c['experiment']})" if c["experiment"] else "") + " |"
+             "test it. Beside each, the quality of the model it is measured on (held-out images): a claim "
+             "about what a model uses says little of a model near chance.", "",
+             "| claim | where | the paper | measured here | model | verdict |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['source']} | {c['published']} | {c['measured']} | {c['model'] or 'n/a'} | "
+              f"**{c['verdict']}**" + (f" (would be tested by {c['experiment']})" if c["experiment"] else "") + " |"
               for c in results["claims"]]
     return lines + [""], []
 

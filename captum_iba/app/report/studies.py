@@ -32,7 +32,7 @@ from ...cxr.models._cache import cache_dir
 from ..methods import DEFAULT_LAYER, METHODS, MethodSuite
 from ...objectives import REGRESSION_LOSSES
 from ..attribute.plan import readout_layers
-from ._study import Figure, ReportInputs, images_of, study_suite
+from ._study import Figure, ReportInputs, images_of, model_quality, study_suite
 from .evaluation import (
     EvaluationSettings,
     MethodMaps,
@@ -105,10 +105,10 @@ def nih_study(inputs, results, figures, settings, progress, log) -> None:
     maps = attribute_all(suite, reported(suite), pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress)
     results["layers"] = {"bottleneck": suite.layer, "multilayer": list(suite.multilayer_layers),
-                         "cam": suite.cam_layer, "grid": list(suite.stats[suite.layer].mean.shape[-2:]),
+                         "cam": suite.cam_layer, "grid": list(maps["iba"].maps.shape[-2:]),  # in any layout
                          "readout": list(suite.readout_layers) if "readout" in suite.names else []}
     results["nih"] = {"pairs": len(pairs), "class_pairs": pairs.class_counts(), "images": inputs.images,
-                      "scores": scores,
+                      "scores": scores, "quality": model_quality(model, inputs.nih, inputs.auc_images, "labels"),
                       "missing_findings": list(missing), "failed": failed, "training": training}
     log("  mean IoU: " + ", ".join(f"{METHODS[k].label} {v['iou']:.3f}" for k, v in scores.items()))
     _figure_methods(figures, "fig4_methods", pairs, maps, count=4)
@@ -245,7 +245,8 @@ def detector_study(inputs, results, figures, settings, progress, log) -> None:
     maps = attribute_all(suite, reported(suite), pairs.images, pairs.targets, settings, progress, failures=failed)
     scores = localisation_scores(model, pairs, maps, settings, progress, perturbation=False)
     results["detectors"] = {"pairs": len(pairs), "class_pairs": pairs.class_counts(), "lung_iou": pairs.region_iou(),
-                            "scores": scores, "failed": failed, "training": training}
+                            "scores": scores, "failed": failed, "training": training,
+                            "quality": model_quality(model, inputs.brixia, inputs.auc_images, "detectors")}
 
 
 def regression_study(inputs, results, figures, settings, progress, log) -> None:
@@ -278,7 +279,8 @@ def regression_study(inputs, results, figures, settings, progress, log) -> None:
     if not has_severity:
         for value in scores.values():
             value.pop("pcc")
-    results["regression"] = {"images": len(items), "scores": scores, "failed": failed}
+    results["regression"] = {"images": len(items), "scores": scores, "failed": failed,
+                             "quality": model_quality(model, inputs.brixia, inputs.auc_images, "score")}
     for key, xlabel, title in (
             ("sensitivity_n", "n (pixels set to zero)", "Fig. 3b: sensitivity-N, the paper's setting (scattered pixels)"),
             ("sensitivity_cells", f"fraction of the {grid}x{grid} bottleneck cells set to zero",

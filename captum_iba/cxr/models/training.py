@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
+from ..._progress import progress as progress_lines
 from ..._validate import check_number, check_positive_int
 from ..schema import DETECTORS, FINDINGS, collate
 
@@ -171,26 +171,25 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * len(loader))
     model.train()
-    model.loss_curve_ = []
-    with tqdm(total=epochs * len(loader), desc=f"fit ({loss})", unit="batch", disable=not progress) as bar:
-        for epoch in range(epochs):
-            total, count = 0.0, 0
-            for batch in loader:
-                outputs = model(batch["image"].to(device))
-                labels = batch[key].to(device, torch.float32).reshape(outputs.shape)
-                if loss == "mse":
-                    value = F.mse_loss(outputs, labels)
-                else:
-                    value = F.binary_cross_entropy_with_logits(outputs, labels, pos_weight=weights)
-                optimiser.zero_grad(set_to_none=True)
-                value.backward()
-                optimiser.step()
-                schedule.step()
-                total += value.item() * len(labels)
-                count += len(labels)
-                bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
-            model.loss_curve_.append(total / count)
+    sums, counts = [0.0] * epochs, [0] * epochs  # per epoch: the loss summed over samples, the samples
+    running = {"epoch": 1, "loss": math.nan}
+    steps = ((epoch, batch) for epoch in range(epochs) for batch in loader)
+    for epoch, batch in progress_lines(steps, desc=f"fit ({loss})", total=epochs * len(loader), unit="batch",
+                                       enabled=progress, postfix=lambda: "epoch {epoch}, loss {loss:.4f}".format(**running)):
+        outputs = model(batch["image"].to(device))
+        labels = batch[key].to(device, torch.float32).reshape(outputs.shape)
+        if loss == "mse":
+            value = F.mse_loss(outputs, labels)
+        else:
+            value = F.binary_cross_entropy_with_logits(outputs, labels, pos_weight=weights)
+        optimiser.zero_grad(set_to_none=True)
+        value.backward()
+        optimiser.step()
+        schedule.step()
+        sums[epoch] += value.item() * len(labels)
+        counts[epoch] += len(labels)
+        running.update(epoch=epoch + 1, loss=sums[epoch] / counts[epoch])
+    model.loss_curve_ = [total / count for total, count in zip(sums, counts)]
     return model.eval()
 
 
@@ -199,7 +198,7 @@ def _predict(model: nn.Module, dataset: Dataset, key: str, batch_size: int, prog
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     outputs, targets = [], []
-    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+    for batch in progress_lines(loader, desc="evaluate", unit="batch", enabled=progress):
         out = model(batch["image"].to(device)).float().cpu()
         outputs.append(out)
         targets.append(batch[key].float().reshape(out.shape))

@@ -6,7 +6,9 @@ stride-2 convolutions in its place (a convolutional stem, Xiao et al. 2021,
 train in minutes. Everything after the stem is timm's ViT: a class token, then
 ``depth`` blocks whose outputs ``blocks.K`` are token sequences ``(N, 1 + h*w,
 D)`` on an ``h x w = size/8`` patch grid (12 x 12 at the phantom's 96 px, near
-the paper's 14 x 14).
+the paper's 14 x 14). The head reads the patch tokens' mean (timm's
+``global_pool="avg"``): on a few thousand phantom images the class token's
+readout learnt to a mean AUC of 0.80 in ten epochs, the mean to 0.83.
 """
 
 from __future__ import annotations
@@ -57,5 +59,5 @@ def small_vit(num_outputs: int, *, size: int = 96, dim: int = 64, depth: int = 4
         raise ValueError(f"size: expected a multiple of {STEM_STRIDE}, got {size}")
     # patch_size=1: the stem does the patching; HybridEmbed projects its 64 channels to dim.
     return VisionTransformer(img_size=size, patch_size=1, num_classes=num_outputs, embed_dim=dim, depth=depth,
-                             num_heads=heads, mlp_ratio=2.0,
+                             num_heads=heads, mlp_ratio=2.0, global_pool="avg",
                              embed_layer=functools.partial(HybridEmbed, backbone=_conv_stem()))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ...maps import as_map_batch, resize_map
+from ._outputs import probabilities
 from .dataset import PhantomCXR
 from ..schema import FINDINGS
 
@@ -81,17 +82,6 @@ def cue_images(phantom: PhantomCXR, n: int, *, with_finding: Optional[bool] = No
     raise ValueError(f"phantom: only {len(found)} of its {len(phantom)} items match, {n} requested")
 
 
-@torch.no_grad()
-def _probabilities(model: nn.Module, images: Tensor, column: int) -> Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        return torch.sigmoid(model(images.to(device))[:, column].float()).cpu()
-    finally:
-        model.train(was_training)
-
-
 def intervention_drop(model: nn.Module, phantom: PhantomCXR, indices, *, batch_size: int = 32) -> InterventionResult:
     """How much a model's output for the cue's finding falls when the cue is removed.
 
@@ -133,7 +123,7 @@ def intervention_drop(model: nn.Module, phantom: PhantomCXR, indices, *, batch_s
         chunk = indices[start : start + batch_size]
         for with_cue, values in outputs.items():
             images = torch.stack([phantom.item(index, with_cue=with_cue)["image"] for index in chunk])
-            values.append(_probabilities(model, images, column))
+            values.append(probabilities(model, images, column))
     with_cue, without_cue = torch.cat(outputs[True]), torch.cat(outputs[False])
     return InterventionResult(with_cue, without_cue, with_cue - without_cue)
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ...maps import binarize, resize_map
 from ..schema import FINDINGS
+from ._outputs import probabilities
 from .dataset import PhantomCXR
 
 __all__ = ["PartsIntervention", "pair_images", "part_intervention", "parts_reached", "removal_outputs",
@@ -80,17 +81,6 @@ def pair_images(phantom: PhantomCXR, finding: str, n: int) -> List[int]:
     return found
 
 
-@torch.no_grad()
-def _probabilities(model: nn.Module, images: Tensor, column: int) -> Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        return torch.sigmoid(model(images.to(device))[:, column].float()).cpu()
-    finally:
-        model.train(was_training)
-
-
 def removal_outputs(model: nn.Module, phantom: PhantomCXR, finding: str, indices: Sequence[int],
                     removed, *, batch_size: int = 32) -> Tensor:
     """The finding's output on each item drawn without the parts ``removed``.
@@ -130,7 +120,7 @@ def removal_outputs(model: nn.Module, phantom: PhantomCXR, finding: str, indices
         chunk = range(start, min(start + batch_size, len(indices)))
         images = [phantom.item(indices[i], omit_parts=[(finding, side) for side in (0, 1) if removed[i, side]])
                   ["image"] for i in chunk]
-        outputs.append(_probabilities(model, torch.stack(images), column))
+        outputs.append(probabilities(model, torch.stack(images), column))
     return torch.cat(outputs) if outputs else torch.zeros(0)
 
 
