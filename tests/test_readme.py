@@ -326,6 +326,8 @@ def session(tmp_path_factory):
     from captum_iba.app.methods import METHODS
 
     METHODS.pop("strict_iba", None)  # the README's registration example, undone for the other tests
+    for name in [name for name in sys.modules if name == "mylab" or name.startswith("mylab.")]:
+        del sys.modules[name]  # the reader's package: another test's mylab is another folder's
 
 
 def test_every_block_has_a_rule():
