@@ -172,10 +172,13 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * len(loader))
     model.train()
     sums, counts = [0.0] * epochs, [0] * epochs  # per epoch: the loss summed over samples, the samples
-    running = {"epoch": 1, "loss": math.nan}
     steps = ((epoch, batch) for epoch in range(epochs) for batch in loader)
+
+    def running() -> str:  # read after each step: the epoch and its mean loss so far
+        return f"epoch {epoch + 1}, loss {sums[epoch] / counts[epoch]:.4f}"
+
     for epoch, batch in progress_lines(steps, desc=f"fit ({loss})", total=epochs * len(loader), unit="batch",
-                                       enabled=progress, postfix=lambda: "epoch {epoch}, loss {loss:.4f}".format(**running)):
+                                       enabled=progress, postfix=running):
         outputs = model(batch["image"].to(device))
         labels = batch[key].to(device, torch.float32).reshape(outputs.shape)
         if loss == "mse":
@@ -188,7 +191,6 @@ def fit(
         schedule.step()
         sums[epoch] += value.item() * len(labels)
         counts[epoch] += len(labels)
-        running.update(epoch=epoch + 1, loss=sums[epoch] / counts[epoch])
     model.loss_curve_ = [total / count for total, count in zip(sums, counts)]
     return model.eval()
 
